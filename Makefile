@@ -1,0 +1,43 @@
+# Two commands that work on a fresh machine with only Python 3.11 and pip:
+#   make demo   - create .venv, install, run the main job on the built-in synthetic dataset
+#   make test   - create .venv, install with test extras, lint, run the tests
+# Torch is pinned for CPU machines; users with GPUs override it, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+# Pinning these two stops pip's resolver from walking dozens of boto3/aiobotocore releases.
+PIP_PINS ?= aiobotocore==3.10.0 boto3==1.43.117
+DEMO_DIR ?= demo-output
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(TORCH_SPEC) $(PIP_PINS) -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(TORCH_SPEC) $(PIP_PINS) -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite
+	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check ingest shards loader model bench tests
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

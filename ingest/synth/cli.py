@@ -1,0 +1,143 @@
+"""``synth``: write an SMN4Lang-like BIDS dataset with a known MEG<->fMRI coupling."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from meg2fmri.shards.errors import Meg2fmriError
+
+from .config import N_STORIES, PRESETS, SUBJECT_IDS, Coupling, SynthConfig, estimated_bytes
+
+
+def parse_subjects(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return SUBJECT_IDS
+    return tuple(s.strip().removeprefix("sub-").zfill(2) for s in text.split(",") if s.strip())
+
+
+def parse_runs(text: str) -> tuple[int, ...]:
+    """``all``, ``1,2,5`` or ranges like ``1-10``."""
+    if text == "all":
+        return tuple(range(1, N_STORIES + 1))
+    runs: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            runs.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"runs must look like 1,2,5 or 1-10 or all, got {text!r}") from None
+    return tuple(sorted(set(runs)))
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        nx, ny, nz = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape must look like 106x106x72, got {text!r}") from None
+    return nx, ny, nz
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones that mean 'the preset's'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Coupling()
+    p = argparse.ArgumentParser(
+        prog="synth",
+        description="Write a synthetic dataset in the exact layout of SMN4Lang (OpenNeuro ds004078): "
+        "Neuromag FIF MEG (328 channels, STI101 triggers) and int16 BOLD NIfTI, sharing latent "
+        "story sources, with the ground truth under derivatives/synth/. The output appears only "
+        "when complete.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                   help="tiny: 4 subjects x 2 runs of 40 s, 24x24x18 voxels (tests, seconds); demo: "
+                   "12 subjects x 3 runs of 60 s at 106x106x72 (a few minutes, ~7.5 GB); full: 12 x 60 "
+                   "runs at the real story lengths (benchmarks only; about 660 GB, see --dry-run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: ./synth-PRESET); refused if it exists and is not empty")
+    p.add_argument("--subjects", type=parse_subjects, default=None,
+                   help="comma-separated subject ids 01..12, or 'all' (default: the preset's)")
+    p.add_argument("--runs", type=parse_runs, default=None,
+                   help="story runs 1..60: e.g. 1,2,5 or 1-10 or all (default: the preset's)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="story length in seconds for every run (default: the preset's; the full "
+                   "preset uses the real lengths from ds004078)")
+    p.add_argument("--shape", type=parse_shape, default=None,
+                   help="fMRI volume size XxYxZ (default: the preset's; real data is 106x106x72)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    p.add_argument("--defects", action="store_true",
+                   help="reproduce the dataset's two faulty runs (sub-08 run-16, sub-09 run-7: story-"
+                   "begin trigger not recorded, a spurious Beg ~6-7 s late); they must be selected")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing synth dataset at --out (only after the new one is complete)")
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="runs written in parallel processes")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and disk size; write nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    model = p.add_argument_group("generative model (see README: 'The synthetic dataset')")
+    model.add_argument("--snr", type=float, default=defaults.snr,
+                       help="MEG: stimulus-driven RMS / noise RMS on the best channel of each sensor type")
+    model.add_argument("--n-sources", type=int, default=defaults.n_sources,
+                       help="latent stimulus-driven sources per story")
+    model.add_argument("--power-weight", type=float, default=defaults.power_weight,
+                       help="share of the BOLD drive carried by the sources' 4-30 Hz band power (the "
+                       "rest by their signed slow field)")
+    model.add_argument("--bold-percent", type=float, default=defaults.bold_percent,
+                       help="BOLD signal change (%% of baseline) of a sustained unit drive at a map's peak")
+    model.add_argument("--tsnr", type=float, default=defaults.tsnr,
+                       help="fMRI temporal SNR: mean brain intensity / thermal noise std")
+    model.add_argument("--subject-variability", type=float, default=defaults.subject_variability,
+                       help="per-subject perturbation of sensor mixing and spatial maps, relative to the "
+                       "group pattern (0 = identical subjects)")
+    model.add_argument("--background-share", type=float, default=defaults.background_share,
+                       help="share of MEG noise variance from spatially correlated brain background")
+    model.add_argument("--line-freq", type=float, default=defaults.line_freq, help="mains frequency, Hz")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    coupling = Coupling(
+        n_sources=args.n_sources, snr=args.snr, power_weight=args.power_weight,
+        bold_percent=args.bold_percent, tsnr=args.tsnr,
+        subject_variability=args.subject_variability, background_share=args.background_share,
+        line_freq=args.line_freq)
+    out = args.out if args.out is not None else Path(f"synth-{args.preset}")
+    return SynthConfig.from_preset(
+        args.preset, out, subjects=args.subjects, runs=args.runs, story_duration=args.duration,
+        volume_shape=args.shape, seed=args.seed, defects=args.defects, coupling=coupling)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .writer import write_dataset  # heavy imports (MNE) only once the arguments are good
+
+    # SIGTERM (e.g. from a job scheduler) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        config = config_from_args(args)
+        plans = config.plan()
+        size = estimated_bytes(config)
+        print(f"synth: {len(config.subjects)} subjects x {len(config.runs)} runs = {len(plans)} runs, "
+              f"about {size / 1e9:.2f} GB -> {config.out}", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        write_dataset(config, overwrite=args.overwrite, jobs=args.jobs, progress=not args.quiet)
+    except Meg2fmriError as err:
+        print(f"synth: error: {err}", file=sys.stderr)
+        return 2
+    print(f"synth: wrote {config.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Configuration of the synthetic SMN4Lang generator: presets, coupling knobs, run plan.
+
+Everything the generator does is decided here, in two frozen dataclasses, so that the resolved
+configuration can be written beside the dataset (``derivatives/synth/synth_config.json``) and a
+run of ``synth`` can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from meg2fmri.shards.errors import InputError
+
+# ds004078 constants (see ../shared/reference/paper.md and the reference sidecars).
+MEG_SFREQ = 1000.0  # Hz, Elekta TRIUX acquisition rate
+TR = 0.71  # s, fMRI repetition time
+FMRI_AUDIO_ONSET = 10.65  # s after scan start at which the story audio starts (volume 15)
+HURRYUP_DELAY = 8.0  # s from story end to the "hurry up" image in fMRI events.tsv
+HURRYUP_DURATION = 2.0  # s
+FMRI_TAIL = 18.87  # s scanned after the story ends (median over ds004078-runs.tsv)
+SUBJECT_IDS = tuple(f"{i:02d}" for i in range(1, 13))
+N_STORIES = 60
+# The two runs whose story-begin trigger was not recorded (dataset README, usage notes).
+# Values from their real events.tsv files: where the story truly started relative to the MEG
+# file start (End - story duration) and where the spurious "Beg" trigger sits.
+DEFECT_RUNS = {
+    ("08", 16): {"true_start_s": 296.335 - 294.496, "spurious_beg_s": 7.888},
+    ("09", 7): {"true_start_s": 279.987 - 280.000, "spurious_beg_s": 7.486},
+}
+
+
+def data_file(name: str) -> Path:
+    """Path of a reference file shipped with the package (copied from ds004078, CC0)."""
+    return Path(str(resources.files("meg2fmri.ingest.synth") / "data" / name))
+
+
+def read_tsv(name: str) -> list[dict[str, str]]:
+    """Rows of a shipped TSV file; a UTF-8 byte-order mark (as in the real files) is accepted."""
+    with open(data_file(name), encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """The generative MEG<->fMRI model's knobs (defaults are realistic, not tuned for learning).
+
+    Latent sources per story (shared by every subject and by both modalities):
+    ``source = envelope * carrier + slow``; the carrier is band-limited noise in ``carrier_band``,
+    the envelope a positive log-normal modulation with time scales ``envelope_timescale`` and 4x
+    that, the slow
+    part a signed field with time scale ``slow_timescale``.  BOLD follows
+    ``power_weight * envelope**2 + (1 - power_weight) * slow``, convolved with a double-gamma HRF.
+    """
+
+    n_sources: int = 6
+    carrier_band: tuple[float, float] = (4.0, 30.0)  # Hz
+    envelope_timescale: float = 2.0  # s
+    envelope_log_std: float = 0.4  # std of log(envelope)
+    slow_timescale: float = 1.0  # s
+    power_weight: float = 0.8  # share of the BOLD drive carried by band power
+    snr: float = 0.5  # MEG: stimulus RMS / noise RMS on the best channel of each sensor type
+    background_share: float = 0.5  # share of MEG noise variance from correlated brain background
+    n_background: int = 30  # number of background (non-stimulus) brain sources
+    line_freq: float = 50.0  # Hz, mains in Beijing
+    line_share: float = 0.3  # line-noise RMS relative to the sensor noise RMS (magnetometers)
+    bold_percent: float = 2.0  # % signal change of a sustained unit drive at a map's peak
+    tsnr: float = 70.0  # fMRI temporal SNR: baseline / thermal-noise std inside the brain
+    drift_percent: float = 0.5  # % of baseline per 5 min of scan, slow scanner drift (std over voxels)
+    subject_variability: float = 0.3  # per-subject perturbation of mixing and maps (relative)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n_sources": self.n_sources >= 1,
+            "snr": self.snr >= 0,
+            "power_weight": 0.0 <= self.power_weight <= 1.0,
+            "background_share": 0.0 <= self.background_share < 1.0,
+            "bold_percent": self.bold_percent >= 0,
+            "tsnr": self.tsnr > 0,
+            "subject_variability": self.subject_variability >= 0,
+            "carrier_band": 0 < self.carrier_band[0] < self.carrier_band[1] < MEG_SFREQ / 2,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise InputError(f"invalid coupling option(s) {bad}: {self}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    subjects: tuple[str, ...]
+    runs: tuple[int, ...]
+    story_duration: float | None  # s; None = the real story lengths of ds004078
+    volume_shape: tuple[int, int, int]
+    meg_tail: tuple[float, float]  # s recorded after the End trigger (uniform range)
+
+
+PRESETS: dict[str, Preset] = {
+    # Tests: seconds to write, every code path present (4 subjects: 1 female, 3 male).
+    "tiny": Preset(SUBJECT_IDS[:4], (1, 2), 40.0, (24, 24, 18), (2.0, 4.0)),
+    # Demo: all 12 subjects, 3 short stories each, real spatial size.
+    "demo": Preset(SUBJECT_IDS, (1, 2, 3), 60.0, (106, 106, 72), (2.0, 4.0)),
+    # Full: the real dataset's size (12 x 60 runs, real durations); benchmarks only.
+    "full": Preset(SUBJECT_IDS, tuple(range(1, N_STORIES + 1)), None, (106, 106, 72), (20.0, 30.0)),
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One (subject, run) to write; times are seconds, ``n_vols`` is a volume count."""
+
+    subject: str
+    run: int
+    story_duration: float
+    n_vols: int
+    defect: bool
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: Path
+    preset: str = "demo"
+    subjects: tuple[str, ...] = PRESETS["demo"].subjects
+    runs: tuple[int, ...] = PRESETS["demo"].runs
+    story_duration: float | None = PRESETS["demo"].story_duration
+    volume_shape: tuple[int, int, int] = PRESETS["demo"].volume_shape
+    meg_tail: tuple[float, float] = PRESETS["demo"].meg_tail
+    seed: int = 0
+    defects: bool = False
+    coupling: Coupling = field(default_factory=Coupling)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.subjects) - set(SUBJECT_IDS))
+        if unknown or not self.subjects:
+            raise InputError(
+                f"unknown subject id(s) {unknown or 'none given'}: ds004078 has subjects "
+                f"{SUBJECT_IDS[0]}..{SUBJECT_IDS[-1]} (use e.g. --subjects 01,02 or all)"
+            )
+        if not self.runs or any(not 1 <= r <= N_STORIES for r in self.runs):
+            raise InputError(f"runs must be stories 1..{N_STORIES}, got {list(self.runs)}")
+        if self.story_duration is not None and self.story_duration < 10:
+            raise InputError(f"--duration must be at least 10 s, got {self.story_duration}")
+        if len(self.volume_shape) != 3 or min(self.volume_shape) < 8:
+            raise InputError(f"--shape needs three sizes >= 8 (e.g. 106x106x72), got {self.volume_shape}")
+        if self.defects and not self.defect_runs():
+            raise InputError(
+                "--defects reproduces sub-08 run-16 and sub-09 run-7, but neither is selected: "
+                "add e.g. --subjects 08,09 --runs 7,16"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, out: Path, **overrides: object) -> SynthConfig:
+        """A config from a preset, with any field overridden (``None`` values are ignored)."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+        fields = dataclasses.asdict(PRESETS[name])
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(out=Path(out), preset=name, **fields)
+
+    def defect_runs(self) -> list[tuple[str, int]]:
+        return [key for key in DEFECT_RUNS if key[0] in self.subjects and key[1] in self.runs]
+
+    def plan(self) -> list[RunPlan]:
+        """Every (subject, run) to write, with its story length and volume count."""
+        real = {int(row["run"]): row for row in read_tsv("ds004078-runs.tsv")}
+        plans = []
+        for subject in self.subjects:
+            for run in self.runs:
+                if self.story_duration is None:
+                    duration = float(real[run]["audio_dur_s"])
+                    n_vols = int(real[run]["n_vols"])
+                else:
+                    duration = float(self.story_duration)
+                    n_vols = math.ceil((FMRI_AUDIO_ONSET + duration + FMRI_TAIL) / TR)
+                defect = self.defects and (subject, run) in DEFECT_RUNS
+                plans.append(RunPlan(subject, run, duration, n_vols, defect))
+        return plans
+
+    def to_json(self) -> dict:
+        """The resolved configuration, without ``out``: where a dataset lies is not its content."""
+        resolved = dataclasses.asdict(self)
+        del resolved["out"]
+        return resolved
+
+
+def estimated_bytes(config: SynthConfig) -> int:
+    """Approximate disk size of the dataset (FIF float32; gzip NIfTI at about 60% of int16)."""
+    n_voxels = math.prod(config.volume_shape)
+    total = 0
+    for plan in config.plan():
+        meg_seconds = 14.0 + plan.story_duration + config.meg_tail[1]
+        total += int(meg_seconds * MEG_SFREQ * 328 * 4)
+        total += int(plan.n_vols * n_voxels * 2 * 0.6)
+    return total

@@ -1,0 +1,230 @@
+"""Synthetic Elekta/Neuromag MEG runs: the real 328 channels, sensor mixing, noise, triggers, FIF.
+
+Sensor names, coil types and positions come from MNE's own Neuromag-306 table; the other 22
+channels (IAS*, SYS201, BIO001, STI001-STI008, STI101) are those of the real ds004078 files.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mne
+import numpy as np
+from scipy import fft
+
+from .config import DEFECT_RUNS, MEG_SFREQ, Coupling, RunPlan, data_file, read_tsv
+from .sources import StorySources, band_noise
+
+MAG_NOISE_RMS = 2e-13  # T (200 fT), broadband 0.1-330 Hz
+GRAD_NOISE_RMS = 4e-12  # T/m (40 fT/cm)
+TRIGGER_SAMPLES = 50  # width of an STI101 pulse, samples
+BEG, END = 1, 2  # STI101 values of story begin and story end
+STIM_VOLTS = 5.0  # STI001..STI008 level while their bit is set
+
+
+@dataclass(frozen=True)
+class SensorArray:
+    """The 306 Neuromag sensors in file order (sorted names, as in ds004078's channels.tsv)."""
+
+    names: tuple[str, ...]
+    coil_types: np.ndarray
+    locs: np.ndarray  # (306, 12) MNE ``loc`` vectors (device frame)
+
+    @property
+    def pos(self) -> np.ndarray:
+        return self.locs[:, :3]
+
+    @property
+    def is_grad(self) -> np.ndarray:
+        return self.coil_types == 3012
+
+
+def sensor_array() -> SensorArray:
+    path = Path(mne.__file__).parent / "channels/data/canonical_meg/neuromag306.csv"
+    with open(path, newline="") as f:  # sorted by name: the channel order of the real files
+        rows = sorted(csv.DictReader(f), key=lambda row: row["name"].replace(" ", ""))
+    names = tuple(row["name"].replace(" ", "") for row in rows)
+    keys = ["x", "y", "z"] + [f"e{a}_{b}" for a in "xyz" for b in "xyz"]
+    locs = np.array([[float(row[k]) for k in keys] for row in rows])
+    coil_types = np.array([int(row["coil_type"]) for row in rows])
+    return SensorArray(names, coil_types, locs)
+
+
+def channel_table() -> list[dict[str, str]]:
+    """The 328 channels of a real ds004078 run, in file order (name, type, units, ...)."""
+    return read_tsv("channels.tsv")
+
+
+def dipolar_fields(rng: np.random.Generator, sensors: SensorArray, n_fields: int) -> np.ndarray:
+    """Smooth dipolar field patterns on the sensors, ``(306, n_fields)``.
+
+    Each pattern is a pair of Gaussian lobes of opposite sign over the helmet; magnetometers see
+    the field, planar gradiometers its derivative along their baseline. Mags and grads are each
+    scaled to unit RMS over channels.
+    """
+    pos, ex = sensors.pos, sensors.locs[:, 3:6]
+    centre = pos.mean(axis=0)
+    mags = np.flatnonzero(~sensors.is_grad)
+    sigma, half_gap = 0.03, 0.02
+    out = np.empty((len(pos), n_fields))
+    for k in range(n_fields):
+        c = pos[rng.choice(mags)] + rng.normal(0, 0.01, 3)
+        radial = (c - centre) / np.linalg.norm(c - centre)
+        u = rng.standard_normal(3)
+        u -= radial * (u @ radial)
+        u /= np.linalg.norm(u)
+        field = np.zeros(len(pos))
+        grad = np.zeros_like(pos)
+        for sign, lobe in ((1.0, c + half_gap * u), (-1.0, c - half_gap * u)):
+            d = pos - lobe
+            g = sign * np.exp(-0.5 * (d**2).sum(axis=1) / sigma**2)
+            field += g
+            grad += -d / sigma**2 * g[:, None]
+        out[:, k] = np.where(sensors.is_grad, (grad * ex).sum(axis=1), field)
+    for rows in (sensors.is_grad, ~sensors.is_grad):
+        out[rows] /= np.sqrt((out[rows] ** 2).mean(axis=0, keepdims=True))
+    return out
+
+
+def subject_mixing(group: np.ndarray, rng: np.random.Generator, sensors: SensorArray,
+                   coupling: Coupling) -> np.ndarray:
+    """Per-subject sensor mixing ``(306, n_sources)`` in T and T/m.
+
+    Group pattern plus a per-subject smooth perturbation of relative size
+    ``subject_variability``, scaled so that the stimulus RMS on the best channel of each sensor
+    type is ``snr`` times that type's noise RMS.
+    """
+    mixing = group + coupling.subject_variability * dipolar_fields(rng, sensors, group.shape[1])
+    source_var = np.exp(coupling.envelope_log_std**2) + 1.0  # E[env^2] * var(carrier) + var(slow)
+    for rows, noise_rms in ((sensors.is_grad, GRAD_NOISE_RMS), (~sensors.is_grad, MAG_NOISE_RMS)):
+        channel_rms = np.sqrt((mixing[rows] ** 2).sum(axis=1) * source_var)
+        mixing[rows] *= coupling.snr * noise_rms / channel_rms.max()
+    return mixing
+
+
+def coloured_noise(rng: np.random.Generator, n_series: int, n_times: int, knee: float,
+                   exponent: float) -> np.ndarray:
+    """Noise with amplitude spectrum ``sqrt(1 + (knee / f) ** exponent)``, 0.1-330 Hz, unit std."""
+    freqs = fft.rfftfreq(n_times, 1.0 / MEG_SFREQ)
+    with np.errstate(divide="ignore"):
+        gain = np.sqrt(1.0 + (knee / freqs) ** exponent)
+    gain[(freqs < 0.1) | (freqs > 330.0)] = 0.0
+    out = np.empty((n_series, n_times), dtype=np.float32)
+    for start in range(0, n_series, 32):  # chunks bound the memory of long runs
+        block = rng.standard_normal((min(32, n_series - start), n_times), dtype=np.float32)
+        block = fft.irfft(fft.rfft(block, axis=1) * gain, n=n_times, axis=1)
+        out[start:start + len(block)] = block / block.std(axis=1, keepdims=True)
+    return out
+
+
+def sensor_noise(rng: np.random.Generator, background: np.ndarray, n_times: int,
+                 sensors: SensorArray, coupling: Coupling) -> np.ndarray:
+    """Noise on the 306 MEG sensors ``(306, n_times)`` float32, in T and T/m.
+
+    Correlated brain background (``background`` patterns, pink with an alpha rhythm) plus
+    independent sensor noise with a 1/f knee, plus mains interference and two harmonics.
+    """
+    n_bg = background.shape[1]
+    bg_courses = coloured_noise(rng, n_bg, n_times, knee=20.0, exponent=1.0)
+    bg_courses += 0.7 * band_noise(rng, n_bg, n_times, (8.0, 12.0), MEG_SFREQ).astype(np.float32)
+    brain = background.astype(np.float32) @ bg_courses
+    brain /= brain.std(axis=1).mean()
+    own = coloured_noise(rng, len(sensors.names), n_times, knee=5.0, exponent=1.0)
+    share = coupling.background_share
+    noise = np.sqrt(share) * brain + np.sqrt(1 - share) * own
+    t = np.arange(n_times) / MEG_SFREQ
+    for harmonic, level in ((1, 1.0), (2, 0.3), (3, 0.5)):
+        amp = coupling.line_share * level * np.sqrt(2) * rng.uniform(0.3, 1.0, (len(noise), 1))
+        phase = rng.uniform(0, 2 * np.pi, (len(noise), 1))
+        noise += (amp * np.sin(2 * np.pi * coupling.line_freq * harmonic * t + phase)).astype(np.float32)
+    noise[sensors.is_grad] *= GRAD_NOISE_RMS
+    noise[~sensors.is_grad] *= MAG_NOISE_RMS
+    return noise
+
+
+@dataclass(frozen=True)
+class MegTiming:
+    """Where things are in one MEG file; seconds from the file start (not the acquisition)."""
+
+    first_samp: int  # samples between acquisition start and file start
+    story_start: float  # true story onset (may be < 0 if the file starts late)
+    beg_trigger: float  # the recorded "Beg" trigger (wrong in the defect runs)
+    end_trigger: float
+    n_times: int
+
+
+def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float]) -> MegTiming:
+    first_samp = int(rng.integers(6000, 21001))  # file starts 6-21 s into the acquisition
+    beg = round(float(rng.uniform(7.0, 14.0)), 3)
+    story_start = beg
+    if plan.defect:
+        defect = DEFECT_RUNS[(plan.subject, plan.run)]
+        story_start = round(defect["true_start_s"], 3)
+        beg = defect["spurious_beg_s"]
+    end = round(story_start + plan.story_duration, 3)
+    n_times = int(round((end + float(rng.uniform(*tail))) * MEG_SFREQ)) + 1
+    return MegTiming(first_samp, story_start, beg, end, n_times)
+
+
+def stimulus_channels(timing: MegTiming, table: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    sti101 = np.zeros(timing.n_times, dtype=np.float32)
+    for onset, value in ((timing.beg_trigger, BEG), (timing.end_trigger, END)):
+        start = int(round(onset * MEG_SFREQ))
+        sti101[start:start + TRIGGER_SAMPLES] = value
+    lines = {row["name"]: np.zeros(timing.n_times, dtype=np.float32)
+             for row in table if row["name"].startswith("STI0")}
+    for bit, name in enumerate(sorted(lines)):
+        lines[name] = np.where(sti101.astype(int) & (1 << bit), STIM_VOLTS, 0).astype(np.float32)
+    return {"STI101": sti101, **lines}
+
+
+def meg_info(sensors: SensorArray, table: list[dict[str, str]], coupling: Coupling) -> mne.Info:
+    kinds = {"MEGGRADPLANAR": "grad", "MEGMAG": "mag", "MISC": "bio", "TRIG": "stim"}
+    types = [kinds.get(row["type"], "syst" if row["name"] == "SYS201" else "ias") for row in table]
+    info = mne.create_info([row["name"] for row in table], MEG_SFREQ, types, verbose="error")
+    where = {name: i for i, name in enumerate(sensors.names)}
+    with info._unlock():
+        info["highpass"], info["lowpass"] = 0.1, 330.0
+        info["line_freq"] = coupling.line_freq
+        for ch in info["chs"]:
+            if ch["ch_name"] in where:
+                i = where[ch["ch_name"]]
+                ch["loc"][:12] = sensors.locs[i]
+                ch["coil_type"] = int(sensors.coil_types[i])
+    coords = json.loads(data_file("coordsystem.json").read_text())["HeadCoilCoordinates"]
+    montage = mne.channels.make_dig_montage(
+        nasion=coords["NAS"], lpa=coords["LPA"], rpa=coords["RPA"],
+        hpi=np.array([coords[f"coil{i}"] for i in range(1, 5)]), coord_frame="head")
+    info.set_montage(montage, verbose="error")
+    return info
+
+
+def synthesize_meg(plan: RunPlan, timing: MegTiming, sources: StorySources, mixing: np.ndarray,
+                   background: np.ndarray, coupling: Coupling, rng: np.random.Generator,
+                   sensors: SensorArray) -> mne.io.RawArray:
+    """One run's raw recording (328 channels, file-relative times) as an MNE Raw object."""
+    table = channel_table()
+    meg = sensor_noise(rng, background, timing.n_times, sensors, coupling)
+    start = int(round(timing.story_start * MEG_SFREQ))
+    neural = sources.neural
+    skip = max(0, -start)  # a file that starts after the story loses the story's first samples
+    n = min(neural.shape[1] - skip, timing.n_times - max(start, 0))
+    meg[:, max(start, 0):max(start, 0) + n] += mixing.astype(np.float32) @ neural[:, skip:skip + n]
+    channels = dict(zip(sensors.names, meg, strict=True))
+    channels.update(stimulus_channels(timing, table))
+    heart = np.sin(2 * np.pi * 1.1 * np.arange(timing.n_times) / MEG_SFREQ) ** 31
+    channels["BIO001"] = (1e-4 * heart + 5e-6 * rng.standard_normal(timing.n_times)).astype(np.float32)
+    zeros = np.zeros(timing.n_times, dtype=np.float32)
+    data = np.stack([channels.get(row["name"], zeros) for row in table])
+    info = meg_info(sensors, table, coupling)
+    date = datetime.datetime(2021, 3, 1, 9, 0, tzinfo=datetime.UTC)
+    info.set_meas_date(date + datetime.timedelta(days=int(plan.subject) * 7, hours=plan.run % 6))
+    return mne.io.RawArray(data, info, first_samp=timing.first_samp, verbose="error")
+
+
+def write_fif(raw: mne.io.BaseRaw, path: Path) -> None:
+    raw.save(path, fmt="single", overwrite=False, verbose="error")

@@ -1,0 +1,121 @@
+"""Latent stimulus-driven sources of a story, the BOLD drive they cause, and the HRF.
+
+A story's sources are the same for every subject and for both recordings (the same audio is heard
+in the fMRI and in the MEG session), so they depend only on (seed, story).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft, stats
+
+from .config import MEG_SFREQ, Coupling
+
+DRIVE_SFREQ = 10.0  # Hz, time grid on which the BOLD drive is convolved with the HRF
+HRF_LENGTH = 32.0  # s
+
+
+def story_rng(seed: int, story: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1, story])
+
+
+def smooth_noise(rng: np.random.Generator, n_series: int, n_times: int, timescale: float,
+                 sfreq: float) -> np.ndarray:
+    """Gaussian noise low-passed with a Gaussian spectrum of width 1/timescale, unit std.
+
+    Shape ``(n_series, n_times)``, float64.
+    """
+    white = rng.standard_normal((n_series, n_times))
+    freqs = fft.rfftfreq(n_times, 1.0 / sfreq)
+    gain = np.exp(-0.5 * (freqs * timescale * 2 * np.pi) ** 2)
+    out = fft.irfft(fft.rfft(white, axis=1) * gain, n=n_times, axis=1)
+    out -= out.mean(axis=1, keepdims=True)
+    return out / out.std(axis=1, keepdims=True)
+
+
+def band_noise(rng: np.random.Generator, n_series: int, n_times: int, band: tuple[float, float],
+               sfreq: float) -> np.ndarray:
+    """Gaussian noise band-passed to ``band`` (Hz) with raised-cosine edges, unit std."""
+    white = rng.standard_normal((n_series, n_times))
+    freqs = fft.rfftfreq(n_times, 1.0 / sfreq)
+    low, high = band
+    edge = 1.0  # Hz
+    gain = np.clip((freqs - (low - edge)) / edge, 0, 1) * np.clip(((high + edge) - freqs) / edge, 0, 1)
+    gain = np.sin(0.5 * np.pi * gain) ** 2
+    out = fft.irfft(fft.rfft(white, axis=1) * gain, n=n_times, axis=1)
+    return out / out.std(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class StorySources:
+    """Latent sources of one story at ``MEG_SFREQ``; each array is ``(n_sources, n_times)``.
+
+    ``envelope`` is positive with mean 1 (amplitude of the carrier), ``carrier`` is unit-variance
+    band-limited noise, ``slow`` is the signed slow field with unit variance.
+    """
+
+    envelope: np.ndarray
+    carrier: np.ndarray
+    slow: np.ndarray
+
+    @property
+    def neural(self) -> np.ndarray:
+        """The signed source signal seen by MEG sensors: ``envelope * carrier + slow``."""
+        return self.envelope * self.carrier + self.slow
+
+
+def story_sources(seed: int, story: int, duration: float, coupling: Coupling) -> StorySources:
+    """Latent sources for ``duration`` seconds of story ``story`` (deterministic from the seed)."""
+    rng = story_rng(seed, story)
+    n_times = int(round(duration * MEG_SFREQ))
+    k = coupling.n_sources
+    # speech loudness varies over syllables-to-phrases and over sentences: two time scales
+    log_env = (smooth_noise(rng, k, n_times, coupling.envelope_timescale, MEG_SFREQ)
+               + smooth_noise(rng, k, n_times, 4 * coupling.envelope_timescale, MEG_SFREQ)) / np.sqrt(2)
+    envelope = np.exp(coupling.envelope_log_std * log_env)
+    envelope /= envelope.mean(axis=1, keepdims=True)
+    carrier = band_noise(rng, k, n_times, coupling.carrier_band, MEG_SFREQ)
+    slow = smooth_noise(rng, k, n_times, coupling.slow_timescale, MEG_SFREQ)
+    return StorySources(envelope.astype(np.float32), carrier.astype(np.float32),
+                        slow.astype(np.float32))
+
+
+def canonical_hrf(sfreq: float = DRIVE_SFREQ, length: float = HRF_LENGTH) -> np.ndarray:
+    """SPM's canonical double-gamma HRF (peak 6 s, undershoot 16 s, ratio 1/6), unit sum."""
+    t = np.arange(0, length, 1.0 / sfreq)
+    hrf = stats.gamma.pdf(t, 6) - stats.gamma.pdf(t, 16) / 6.0
+    return hrf / hrf.sum()
+
+
+def bold_drive(sources: StorySources, coupling: Coupling) -> np.ndarray:
+    """Neural drive of BOLD on the ``DRIVE_SFREQ`` grid of story time, ``(n_sources, n_bins)``.
+
+    ``power_weight * envelope**2 / mean(envelope**2) + (1 - power_weight) * slow``: a sustained
+    drive of 1 while the story plays (its band power) plus slow fluctuations, 0 before and after.
+    """
+    step = int(MEG_SFREQ / DRIVE_SFREQ)
+    n_bins = sources.envelope.shape[1] // step
+    cut = n_bins * step
+    power = sources.envelope[:, :cut].astype(np.float64) ** 2
+    power /= power.mean(axis=1, keepdims=True)
+    drive = coupling.power_weight * power + (1 - coupling.power_weight) * sources.slow[:, :cut]
+    return drive.reshape(drive.shape[0], n_bins, step).mean(axis=2)
+
+
+def bold_response(drive: np.ndarray, story_onset: float, times: np.ndarray) -> np.ndarray:
+    """HRF-convolved drive sampled at scan ``times`` (s from scan start), ``(n_sources, n_times)``.
+
+    ``drive`` is on the ``DRIVE_SFREQ`` grid of story time; the story starts at ``story_onset``
+    seconds after the scan start. Before the story the drive is 0.
+    """
+    hrf = canonical_hrf()
+    n_grid = int(np.ceil((times.max() + 1.0) * DRIVE_SFREQ)) + 1
+    grid = np.zeros((drive.shape[0], n_grid))
+    first = int(round(story_onset * DRIVE_SFREQ))
+    n = min(drive.shape[1], n_grid - first)
+    grid[:, first:first + n] = drive[:, :n]
+    conv = np.stack([np.convolve(row, hrf)[:n_grid] for row in grid])
+    grid_times = np.arange(n_grid) / DRIVE_SFREQ
+    return np.stack([np.interp(times, grid_times, row) for row in conv])

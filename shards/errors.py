@@ -1,0 +1,34 @@
+"""The project's error hierarchy.
+
+It lives in ``shards`` because ``shards`` is the one package every other package may import
+(it imports nothing of ours). Each class also inherits from the built-in it refines, so callers
+can catch either ``BidsInputError`` or plain ``ValueError``.
+
+A message names the file or value that was wrong, what was wrong, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class Meg2fmriError(Exception):
+    """Base class of every error raised on purpose by meg2fmri."""
+
+
+class InputError(Meg2fmriError, ValueError):
+    """An input (argument, option, file content) is not acceptable."""
+
+
+class BidsInputError(InputError):
+    """A BIDS dataset is missing something or holds something we cannot read."""
+
+
+class OutputExistsError(Meg2fmriError, FileExistsError):
+    """An output location already holds data that we refuse to overwrite."""
+
+
+class IntegrityError(Meg2fmriError, OSError):
+    """Data on disk is not what its index or header says (corrupt, truncated, wrong hash)."""
+
+
+class ShardIntegrityError(IntegrityError):
+    """A shard does not match its index entry."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: small datasets written by our own ``synth`` generator, once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from meg2fmri.ingest.synth import cli as synth_cli
+
+DATA = Path(__file__).parent / "data"
+
+
+def run_synth(out: Path, *args: str) -> Path:
+    code = synth_cli.main(["--out", str(out), "--quiet", *args])
+    assert code == 0, f"synth exited with {code}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The ``tiny`` preset: subjects 01-04, runs 1-2, 40 s stories, 24x24x18 voxels."""
+    return run_synth(tmp_path_factory.mktemp("synth") / "tiny", "--preset", "tiny", "--jobs", "2")
+
+
+@pytest.fixture(scope="session")
+def long_root(tmp_path_factory) -> Path:
+    """One subject, two 150-s stories: long enough to see the coupling beyond the story block."""
+    return run_synth(tmp_path_factory.mktemp("synth") / "long", "--preset", "tiny", "--subjects", "05",
+                     "--runs", "1,2", "--duration", "150", "--jobs", "2")
+
+
+@pytest.fixture(scope="session")
+def defects_root(tmp_path_factory) -> Path:
+    """sub-08 and sub-09, runs 7 and 16, with the dataset's two faulty runs reproduced."""
+    return run_synth(tmp_path_factory.mktemp("synth") / "defects", "--preset", "tiny",
+                     "--subjects", "08,09", "--runs", "7,16", "--defects", "--shape", "12x12x9",
+                     "--jobs", "2")
+
+
+def truth_config(root: Path) -> dict:
+    return json.loads((root / "derivatives/synth/synth_config.json").read_text())["config"]
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))

@@ -1,0 +1,112 @@
+"""synth as a user meets it: determinism, refusals, atomic output, the two faulty runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_tsv, run_synth
+from meg2fmri.ingest.synth import cli as synth_cli
+
+SMALL = ["--preset", "tiny", "--subjects", "02", "--runs", "3", "--duration", "12",
+         "--shape", "12x12x9", "--jobs", "1"]
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path: Path):
+    a = digests(run_synth(tmp_path / "a", *SMALL, "--seed", "7"))
+    b = digests(run_synth(tmp_path / "b", *SMALL, "--seed", "7"))
+    c = digests(run_synth(tmp_path / "c", *SMALL, "--seed", "8"))
+    assert len(a) > 15 and a == b
+    for name in ["sub-02/meg/sub-02_task-RDR_run-3_meg.fif", "sub-02/func/sub-02_task-RDR_run-3_bold.nii.gz"]:
+        assert a[name] != c[name]
+
+
+def test_parallel_jobs_write_the_same_bytes(tmp_path: Path):
+    args = ["--preset", "tiny", "--subjects", "01,02", "--runs", "1", "--duration", "12",
+            "--shape", "12x12x9"]
+    one = digests(run_synth(tmp_path / "one", *args, "--jobs", "1"))
+    two = digests(run_synth(tmp_path / "two", *args, "--jobs", "2"))
+    assert one == two
+
+
+def test_non_empty_output_is_refused_unless_overwrite(tmp_path: Path, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert synth_cli.main(["--out", str(out), "--quiet", *SMALL]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    # --overwrite never deletes a folder that is not a synth dataset
+    assert synth_cli.main(["--out", str(out), "--quiet", "--overwrite", *SMALL]) == 2
+    assert "is not a synth dataset" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    out2 = run_synth(tmp_path / "ds2", *SMALL)
+    (out2 / "extra.txt").write_text("old")
+    run_synth(out2, *SMALL, "--overwrite", "--seed", "3")
+    assert not (out2 / "extra.txt").exists()
+    assert (out2 / "sub-02/meg/sub-02_task-RDR_run-3_meg.fif").is_file()
+    assert not list(tmp_path.glob(".ds2.*"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--subjects", "13"], "unknown subject id"),
+    (["--runs", "61"], "runs must be stories 1..60"),
+    (["--defects"], "neither is selected"),
+])
+def test_bad_usage_is_explained(tmp_path: Path, capsys, args: list[str], message: str):
+    code = synth_cli.main(["--preset", "tiny", "--out", str(tmp_path / "x"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_leaves_no_partial_dataset(tmp_path: Path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "meg2fmri.ingest.synth.cli", "--out", str(out), "--quiet",
+           "--preset", "tiny", "--subjects", "01,02,03", "--runs", "1-4", "--jobs", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ds.partial-*/sub-01/meg/*_meg.fif")):
+        assert proc.poll() is None and time.monotonic() < deadline, "synth never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert b"KeyboardInterrupt" in err
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_defect_runs_reproduce_the_missing_begin_trigger(defects_root: Path):
+    """sub-08 run-16 and sub-09 run-7: Beg/End spacing disagrees with the story length by 6-7.5 s
+    and the true start is End - duration (as the dataset README says); the other runs agree."""
+    for subject, run, true_start in [("08", 16, 1.839), ("09", 7, -0.013), ("08", 7, None), ("09", 16, None)]:
+        meg = read_tsv(defects_root / f"sub-{subject}/meg/sub-{subject}_task-RDR_run-{run}_events.tsv")
+        func = read_tsv(defects_root / f"sub-{subject}/func/sub-{subject}_task-RDR_run-{run}_events.tsv")
+        beg, end = (float(row["onset"]) for row in meg)
+        duration = float(func[0]["duration"])
+        if true_start is None:
+            assert end - beg == pytest.approx(duration, abs=1e-3)
+        else:
+            assert 5.5 < duration - (end - beg) < 8.0
+            assert end - duration == pytest.approx(true_start, abs=2e-3)
+    runs = {(r["subject"], int(r["run"])): r for r in read_tsv(defects_root / "derivatives/synth/runs.tsv")}
+    assert runs[("08", 16)]["defect"] == "1" and runs[("08", 7)]["defect"] == "0"
+
+
+@pytest.mark.parametrize("command", ["synth", "ingest", "train", "evaluate", "bench"])
+def test_console_commands_answer_help(command: str):
+    exe = Path(sys.executable).parent / command
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {command}")
