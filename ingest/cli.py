@@ -1,30 +1,102 @@
-"""``ingest``: decode ds004078 (or synth) once into a Zarr cache and WebDataset shards.
-
-Not implemented yet: tracked in issue #3. The command answers ``--help`` so that the install
-and the console entry points can be checked now.
-"""
+"""``ingest``: decode a ds004078-layout BIDS dataset once into a Zarr cache and WebDataset shards."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from pathlib import Path
+
+
+def id_list(text: str) -> tuple[str, ...] | None:
+    if text == "all":
+        return None
+    return tuple(sorted({s.strip().removeprefix("sub-").zfill(2) for s in text.split(",") if s.strip()}))
+
+
+def run_list(text: str) -> tuple[int, ...] | None:
+    if text == "all":
+        return None
+    runs: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            runs.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"runs must look like 1,2,5 or 1-10 or all, got {text!r}") from None
+    return tuple(sorted(runs))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest",
-        description="Preprocess MEG (FIF) and fMRI (NIfTI) runs of a ds004078-layout BIDS dataset "
-        "into a Zarr cache and WebDataset shards. (Not implemented yet: issue #3.)")
-    p.add_argument("--bids-root", help="root of the BIDS dataset (real ds004078 or synth output)")
-    p.add_argument("--out", help="output folder for the Zarr cache, shards and index")
-    p.add_argument("--subjects", default="all", help="'all' or comma-separated ids, e.g. 01,02")
+        description="Preprocess the MEG (FIF) and fMRI (NIfTI) runs of a ds004078-layout BIDS dataset "
+        "(the real SMN4Lang or `synth` output) as the paper does, once: continuous signals into a Zarr "
+        "cache (OUT/cache.zarr), paired samples into WebDataset shards (OUT/shards/) with an index "
+        "(OUT/index.json: counts, sizes, sha256, split). One Ray task per (subject, run). Interrupted "
+        "runs resume: finished runs are not redone.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bids-root", type=Path, help="root of the BIDS dataset (not needed with --from-cache)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (cache, shards, index)")
+    p.add_argument("--subjects", type=id_list, default=None, metavar="all|01,02,...",
+                   help="subjects to ingest (default: all)")
+    p.add_argument("--runs", type=run_list, default=None, metavar="all|1,2|1-10",
+                   help="runs (= stories) to ingest (default: all)")
+    p.add_argument("--preprocessed", action="store_true",
+                   help="read derivatives/preprocessed_data (MEG after tSSS+ICA, bold in MNI space) "
+                   "instead of the raw files; events and sidecars still come from the raw tree")
+    p.add_argument("--from-cache", action="store_true",
+                   help="re-pair from OUT/cache.zarr without touching any FIF or NIfTI file")
+    pairing = p.add_argument_group("pairing (see README: 'Ingest')")
+    pairing.add_argument("--pairing", choices=["windows", "paper"], default="windows",
+                         help="paper: one pair per run, exactly as the paper's text; windows: an epoch "
+                         "every --stride s of the story paired with the volume --lag s later")
+    pairing.add_argument("--features", choices=["mean", "bandpower"], default="mean",
+                         help="mean: the paper's 328-d time-mean vector; bandpower: log power per "
+                         "channel in delta/theta/alpha/beta/gamma over the epoch (328x5)")
+    pairing.add_argument("--size", type=int, default=32, help="output slice size in pixels (bilinear)")
+    pairing.add_argument("--stride", type=float, default=2.0, help="windows: seconds between epochs")
+    pairing.add_argument("--lag", type=float, default=5.0, help="windows: hemodynamic lag in seconds")
+    pairing.add_argument("--slice", type=int, default=None,
+                         help="fixed axial slice (0-based) for every run instead of the correlation choice")
+    p.add_argument("--held-out", type=id_list, default=None, metavar="01,02",
+                   help="held-out subjects (default: the highest-numbered female and male)")
+    p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Ray worker CPUs (default: all cores)")
+    p.add_argument("--ray-address", default=None,
+                   help="address of an existing Ray cluster (e.g. ray://head:10001); OUT must then be "
+                   "on storage that every node sees")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("ingest: not implemented yet (issue #3)", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    # A local Ray must listen on loopback only; read by Ray when it is imported.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from meg2fmri.shards.errors import Meg2fmriError
+
+    from .driver import run_ingest, summary_table
+    from .pairing import PairingConfig
+    from .pipeline import IngestConfig
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        config = IngestConfig(
+            bids_root=args.bids_root, out=args.out, subjects=args.subjects, runs=args.runs,
+            pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice),
+            preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
+            shard_samples=args.shard_samples, workers=args.workers, ray_address=args.ray_address)
+        report = run_ingest(config, progress=not args.quiet)
+    except Meg2fmriError as err:
+        print(f"ingest: error: {err}", file=sys.stderr)
+        return 2
+    print(summary_table(report))
+    if report.index is not None:
+        print(f"index: {config.out / 'index.json'}")
+    return 1 if report.failed or report.index is None else 0
 
 
 if __name__ == "__main__":

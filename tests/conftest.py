@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from meg2fmri.ingest.synth import cli as synth_cli
+
+# Ray reads this when imported: a local Ray then listens on loopback only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 DATA = Path(__file__).parent / "data"
 
@@ -47,3 +51,26 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
     with open(path, encoding="utf-8-sig", newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the in-process ingest tests (loopback only, 2 CPUs)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ingested(tiny_root: Path, tmp_path_factory, ray_session) -> Path:
+    """``ingest`` of the tiny dataset with the defaults (windows, mean), 30 samples per shard."""
+    from meg2fmri.ingest import cli as ingest_cli
+
+    out = tmp_path_factory.mktemp("ingest") / "windows"
+    args = ["--quiet", "--bids-root", str(tiny_root), "--out", str(out), "--shard-samples", "30"]
+    code = ingest_cli.main(args)
+    assert code == 0
+    return out

@@ -1,0 +1,157 @@
+"""Run an ingest end to end: checks before any work, Ray tasks with a progress bar, shards, report."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.index import ShardIndex
+from meg2fmri.shards.split import held_out_subjects, split_of
+from tqdm import tqdm
+
+from . import cache
+from .pairing import feature_names
+from .pipeline import IngestConfig, RunTask, check_out, done_runs, ingest_run, pairs_dir, plan, reset_work
+from .shard_writer import SHARD_DIR, write_shards
+
+
+@dataclass
+class IngestReport:
+    results: list[dict]  # one per (subject, run), sorted
+    held_out: tuple[str, ...]
+    index: ShardIndex | None
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # plan, tasks, shards
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.results if not r["ok"]]
+
+
+def remove_temporaries(config: IngestConfig) -> None:
+    """Files a killed ingest left under temporary names (never read as results)."""
+    for folder in (config.out / SHARD_DIR, pairs_dir(config)):
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
+
+
+def result_of_done(config: IngestConfig, subject: str, run: int) -> dict:
+    """The summary of a run finished by an earlier (possibly interrupted) ingest."""
+    from .pipeline import load_pairs
+
+    _, _, meta = load_pairs(config, subject, run)
+    attrs = cache.read_run(config.out / cache.CACHE_NAME, subject, run).attrs
+    return {"subject": subject, "run": run, "ok": True, "count": len(meta), "slice": meta[0]["slice"],
+            "decoded": False, "resumed": True, "warnings": attrs["warnings"]}
+
+
+def start_ray(config: IngestConfig):
+    """Connect to ``--ray-address`` or start a local Ray on loopback, sized to ``workers``."""
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    if config.ray_address:
+        ray.init(address=config.ray_address, configure_logging=False, log_to_driver=False)
+    else:
+        cpus = config.workers or len(os.sched_getaffinity(0))
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False, log_to_driver=False)
+    return ray, True
+
+
+def run_tasks(tasks: list[RunTask], config: IngestConfig, progress: bool) -> list[dict]:
+    ray, started = start_ray(config)
+    remote = ray.remote(num_cpus=1, max_retries=0)(ingest_run)
+    refs = {remote.remote(task, config): task for task in tasks}
+    results = []
+    bar = tqdm(total=len(tasks), desc="ingest", unit="run", disable=not progress)
+    try:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                task = refs[ref]
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayError as err:  # the worker died (e.g. out of memory)
+                    last = [line for line in str(err).splitlines() if line.strip()][-1]
+                    results.append({"subject": task.subject, "run": task.run, "ok": False,
+                                    "error": f"sub-{task.subject}_run-{task.run}: task died: {last}"})
+                bar.update()
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    return results
+
+
+def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
+    """Ingest ``config``; every input problem that can be seen up front raises before work."""
+    clock = time.perf_counter()
+    tasks, dataset, sexes, notes = plan(config)
+    check_out(config, dataset)
+    subjects = sorted({t.subject for t in tasks})
+    missing = [s for s in subjects if s not in sexes]
+    if missing:
+        raise InputError(f"participants.tsv has no row for sub-{missing[0]} (needed for the split)")
+    held_out = held_out_subjects({s: sexes[s] for s in subjects}, config.held_out)
+    config.out.mkdir(parents=True, exist_ok=True)
+    root = cache.open_root(config.out, dataset, None if config.from_cache else sexes)
+    cache.remove_partials(root)
+    reset_work(config)
+    remove_temporaries(config)
+    done = done_runs(config, tasks)
+    results = [result_of_done(config, s, r) for s, r in sorted(done)]
+    todo = [t for t in tasks if (t.subject, t.run) not in done]
+    seconds = {"plan": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    if todo:
+        results += run_tasks(todo, config, progress)
+    seconds["tasks"] = time.perf_counter() - clock
+    results.sort(key=lambda r: (r["subject"], r["run"]))
+    for r in results:
+        r["split"] = split_of(r["subject"], held_out)
+    ok = [(r["subject"], r["run"]) for r in results if r["ok"]]
+    index = None
+    clock = time.perf_counter()
+    if ok:
+        first = cache.read_run(root, *ok[0])
+        names = feature_names(config.pairing, first.attrs["ch_names"])
+        index = write_shards(config, ok, held_out, {
+            "dataset": dataset,
+            "features": {"kind": config.pairing.features, "width": len(names), "names": names},
+            "image_size": config.pairing.size,
+            "split": {"train": [s for s in subjects if s not in held_out], "held_out": list(held_out)},
+            "config": config.to_json(),
+            "runs": [{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")}
+                     for r in results if r["ok"]],
+            "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
+        })
+    seconds["shards"] = time.perf_counter() - clock
+    return IngestReport(results, held_out, index, notes, seconds)
+
+
+def summary_table(report: IngestReport) -> str:
+    lines = [f"{'subject':<8}{'run':>4}  {'split':<9}{'samples':>8}{'slice':>6}  status"]
+    for r in report.results:
+        if r["ok"]:
+            status = "ok (cached earlier)" if r.get("resumed") else "ok"
+            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<9}{r['count']:>8}{r['slice']:>6}"
+            lines.append(f"{row}  {status}")
+            lines += [f"{'':<37}warning: {w}" for w in r["warnings"]]
+        else:
+            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<9}{'-':>8}{'-':>6}"
+            lines.append(f"{row}  FAILED: {r['error']}")
+    if report.index is not None:
+        counts = {s: report.index.count(s) for s in ("train", "held_out")}
+        lines.append(f"shards: {len(report.index.shards)}, samples: train {counts['train']}, "
+                     f"held_out {counts['held_out']} (held-out subjects: {', '.join(report.held_out)})")
+    lines += [f"note: {n}" for n in report.notes]
+    if report.failed:
+        lines.append(f"{len(report.failed)} run(s) FAILED; fix them and run ingest again "
+                     "(finished runs are not redone)")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Hot loops of the paper's preprocessing as numba kernels, each beside its plain numpy reference.
+
+- ``zscore_channels``: per-channel z-score of a ``(channels, times)`` MEG array.
+- ``slice_means``: per-volume, per-axial-slice mean of a ``(volumes, slices, y, x)`` int16 run.
+- ``slice_correlation``: the paper's slice search in one pass over an int16 window:
+  slice means -> z-score over time -> Pearson correlation with the MEG temporal profile.
+  Min-max normalising the run first (as the paper does) is an affine map of every voxel, which
+  z-scoring removes, so the fused kernel skips it and gives the same correlations.
+
+Constant channels (or slices) z-score to zeros, never NaN. NaN input raises ``NonFiniteError``.
+The tests hold every kernel equal to its reference.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from meg2fmri.shards.errors import InputError
+
+
+class NonFiniteError(InputError):
+    """The data holds NaN or infinite values."""
+
+
+# ---------------------------------------------------------------- z-score per channel
+
+
+@numba.njit(parallel=True, fastmath=False, cache=True)
+def _zscore_channels(x: np.ndarray, out: np.ndarray) -> bool:
+    n_channels, n_times = x.shape
+    bad = np.zeros(n_channels, dtype=np.bool_)
+    for c in numba.prange(n_channels):
+        row = x[c]
+        total = 0.0
+        for t in range(n_times):
+            total += row[t]
+        mean = total / n_times
+        ss = 0.0
+        for t in range(n_times):
+            d = row[t] - mean
+            ss += d * d
+        if not np.isfinite(ss):
+            bad[c] = True
+            continue
+        std = np.sqrt(ss / n_times)
+        scale = 1.0 / std if std > 0.0 else 0.0
+        target = out[c]
+        for t in range(n_times):
+            target[t] = (row[t] - mean) * scale
+    return bad.any()
+
+
+def zscore_channels(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Z-score each row of ``x`` ``(channels, times)`` over time (population std); float32 out.
+
+    A constant channel becomes zeros. ``out`` may be ``x`` itself (in place).
+    """
+    x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    if _zscore_channels(x, out):
+        raise NonFiniteError("MEG data holds NaN or infinite values")
+    return out
+
+
+def zscore_channels_numpy(x: np.ndarray) -> np.ndarray:
+    """Reference for ``zscore_channels``: the plain numpy expression."""
+    if not np.isfinite(x).all():
+        raise NonFiniteError("MEG data holds NaN or infinite values")
+    x = x.astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    std = x.std(axis=1, keepdims=True)
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    return ((x - mean) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------- slice means
+
+
+@numba.njit(parallel=True, cache=True)
+def _slice_sums(volumes: np.ndarray) -> np.ndarray:
+    n_vols, n_slices, ny, nx = volumes.shape
+    sums = np.empty((n_vols, n_slices), dtype=np.float64)
+    for i in numba.prange(n_vols * n_slices):
+        t = i // n_slices
+        z = i - t * n_slices
+        plane = volumes[t, z]
+        acc = 0  # int64: exact for int16 planes
+        for y in range(ny):
+            for x in range(nx):
+                acc += plane[y, x]
+        sums[t, z] = acc
+    return sums
+
+
+def slice_means(volumes: np.ndarray) -> np.ndarray:
+    """Mean of each axial slice of each volume, ``(volumes, slices)`` float64.
+
+    ``volumes`` is int16 ``(volumes, slices, y, x)``: the C-order view ``data.T`` of a nibabel
+    ``(x, y, z, t)`` array, so no copy is made.
+    """
+    if volumes.dtype != np.int16:
+        raise TypeError(f"slice_means needs int16 volumes, got {volumes.dtype}")
+    volumes = np.ascontiguousarray(volumes)
+    return _slice_sums(volumes) / (volumes.shape[2] * volumes.shape[3])
+
+
+def slice_means_numpy(volumes: np.ndarray) -> np.ndarray:
+    """Reference for ``slice_means``."""
+    return volumes.astype(np.float64).mean(axis=(2, 3))
+
+
+# ---------------------------------------------------------------- slice correlation
+
+
+def correlate_slices(means: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each slice's time series ``means[:, z]`` with ``profile``.
+
+    ``means`` is ``(times, slices)``; a constant slice or profile correlates 0.
+    """
+    if not (np.isfinite(means).all() and np.isfinite(profile).all()):
+        raise NonFiniteError("slice means or MEG profile hold NaN or infinite values")
+    m = zscore_channels_numpy(means.T.astype(np.float64))
+    p = zscore_channels_numpy(profile[None, :].astype(np.float64))[0]
+    return (m.astype(np.float64) @ p.astype(np.float64)) / len(p)
+
+
+def slice_correlation(window: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    """Correlation of each slice's mean time series with ``profile``, ``(slices,)`` float64.
+
+    ``window`` is int16 ``(volumes, slices, y, x)``; ``profile`` is ``(volumes,)``. One pass
+    over the int16 data (``slice_means``); normalising, z-scoring and correlating then touch
+    only the small ``(volumes, slices)`` table.
+    """
+    if len(profile) != window.shape[0]:
+        raise ValueError(f"profile has {len(profile)} samples for {window.shape[0]} volumes")
+    return correlate_slices(slice_means(window), profile)
+
+
+def slice_correlation_numpy(window: np.ndarray, profile: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Reference: the paper's steps in plain numpy — cast, min-max normalise with the run's
+    ``lo``/``hi``, slice means, z-score, correlate."""
+    normalised = (window.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    means = normalised.mean(axis=(2, 3), dtype=np.float64)
+    return correlate_slices(means, profile)

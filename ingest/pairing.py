@@ -1,0 +1,162 @@
+"""Pairing MEG epochs with fMRI slices, from a cached run.
+
+Two recordings of the same story are aligned through story time only: MEG story begin from the
+trigger (repaired where faulty), fMRI story begin from events.tsv. Every conversion is explicit:
+seconds -> MEG samples with the 100 Hz rate, seconds -> volumes with TR.
+
+- ``paper``: the paper's one pair per run (section 3.2, as its text says): the 64-sample epoch
+  from story begin, averaged over time (328-d), z-scored; the 64-volume window from the fMRI
+  story onset; the slice whose mean time series best correlates with the MEG temporal profile
+  (the epoch averaged over channels); that slice at window index 32.
+- ``windows``: an epoch every ``stride`` seconds of the story, each paired with the volume
+  acquired ``lag`` seconds later in story time; one slice per run (``slice`` fixed, or the slice
+  whose mean over the paired volumes best correlates with the epochs' MEG power across the run:
+  BOLD follows power). Either automatic choice picks the target using the input, as the paper
+  does; ``--slice`` avoids that.
+
+Features: ``mean`` (the paper's time-mean vector, z-scored across channels) or ``bandpower``
+(log power per channel in the canonical bands over the epoch, z-scored across channels per band).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from meg2fmri.shards.errors import InputError
+from scipy import signal
+
+from .cache import CachedRun
+from .kernels import correlate_slices, zscore_channels_numpy
+
+BANDS = {"delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0),
+         "gamma": (30.0, 45.0)}
+EPOCH_SAMPLES = 64  # MEG samples at 100 Hz (0.64 s)
+WINDOW_VOLUMES = 64  # paper: fMRI window length
+WINDOW_INDEX = 32  # paper: volume of the window that is paired
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    pairing: str = "windows"  # "windows" | "paper"
+    features: str = "mean"  # "mean" | "bandpower"
+    size: int = 32  # output image side, pixels
+    stride: float = 2.0  # s between epochs (windows)
+    lag: float = 5.0  # s hemodynamic lag (windows)
+    slice: int | None = None  # fixed axial slice; None = chosen by correlation
+
+    def __post_init__(self) -> None:
+        if self.pairing not in ("windows", "paper"):
+            raise InputError(f"--pairing must be 'windows' or 'paper', got {self.pairing!r}")
+        if self.features not in ("mean", "bandpower"):
+            raise InputError(f"--features must be 'mean' or 'bandpower', got {self.features!r}")
+        if self.size < 4 or self.stride <= 0 or self.lag < 0:
+            raise InputError(f"need --size >= 4, --stride > 0 and --lag >= 0, got {self}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def feature_names(config: PairingConfig, ch_names: list[str]) -> list[str]:
+    if config.features == "mean":
+        return list(ch_names)
+    return [f"{ch}:{band}" for band in BANDS for ch in ch_names]
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize to ``(size, size)`` with half-pixel centres and no antialiasing: the same
+    numbers as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``."""
+    def weights(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(size) + 0.5) * (n_in / size) - 0.5, 0, None)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (src - lo).astype(np.float64)
+
+    image = image.astype(np.float64)
+    y0, y1, wy = weights(image.shape[0])
+    x0, x1, wx = weights(image.shape[1])
+    rows = image[y0] * (1 - wy)[:, None] + image[y1] * wy[:, None]
+    return (rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(np.float32)
+
+
+def band_power(meg: np.ndarray, sfreq: float) -> np.ndarray:
+    """Instantaneous power in each canonical band, ``(bands, channels, samples)`` float32."""
+    out = np.empty((len(BANDS), *meg.shape), dtype=np.float32)
+    for i, (low, high) in enumerate(BANDS.values()):
+        sos = signal.butter(4, (low, min(high, 0.45 * sfreq)), btype="bandpass", fs=sfreq, output="sos")
+        out[i] = signal.sosfiltfilt(sos, meg, axis=1) ** 2
+    return out
+
+
+def epoch_features(meg: np.ndarray, power: np.ndarray | None, start: int) -> np.ndarray:
+    """Feature vector of the epoch starting at MEG sample ``start``."""
+    stop = start + EPOCH_SAMPLES
+    if power is None:
+        vector = meg[:, start:stop].mean(axis=1)
+        return zscore_channels_numpy(vector[None, :])[0]
+    log_power = np.log(power[:, :, start:stop].mean(axis=2) + 1e-6)  # (bands, channels)
+    return zscore_channels_numpy(log_power).ravel()
+
+
+@dataclass
+class RunPairs:
+    meg: np.ndarray  # (n, features) float32
+    fmri: np.ndarray  # (n, size, size) float32 in [0, 1]
+    meta: list[dict]
+    slice: int
+    slice_correlation: np.ndarray  # (slices,) correlations used to choose the slice
+    warnings: list[str]
+
+
+def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
+    a = run.attrs
+    sfreq, tr = a["meg_sfreq"], a["fmri_tr"]
+    meg = run.meg[:]
+    power = band_power(meg, sfreq) if config.features == "bandpower" else None
+    warnings: list[str] = []
+    meg_onset = round(a["meg_story_onset_s"] * sfreq)  # MEG sample of story time 0
+    fmri_onset = a["fmri_story_onset_s"]
+    n_vols, n_slices = run.slice_means.shape
+    if config.pairing == "paper":
+        if meg_onset < 0:
+            warnings.append(f"{run.name}: the MEG file starts {-meg_onset / sfreq:.3f} s after the story; "
+                            "the paper epoch starts at the file start")
+        starts = [max(meg_onset, 0)]
+        first_volume = round(fmri_onset / tr)
+        if first_volume + WINDOW_VOLUMES > n_vols:
+            raise InputError(f"{run.name}: {n_vols} volumes, the paper's 64-volume window from volume "
+                             f"{first_volume} does not fit")
+        volumes = [first_volume + WINDOW_INDEX]
+        epoch = meg[:, starts[0]:starts[0] + EPOCH_SAMPLES]
+        profile = epoch.mean(axis=0)
+        table = run.slice_means[first_volume:first_volume + WINDOW_VOLUMES]
+    else:
+        duration = a["story_duration_s"]
+        starts, volumes, profile_values = [], [], []
+        for i in range(int(duration // config.stride) + 1):
+            tau = i * config.stride
+            start = meg_onset + round(tau * sfreq)
+            volume = round((fmri_onset + tau + config.lag) / tr)
+            if tau + EPOCH_SAMPLES / sfreq > duration or volume >= n_vols:
+                break
+            if start < 0 or start + EPOCH_SAMPLES > meg.shape[1]:
+                continue  # the MEG file does not cover this epoch
+            starts.append(start)
+            volumes.append(volume)
+            profile_values.append((meg[:, start:start + EPOCH_SAMPLES] ** 2).mean())
+        if len(starts) < 2:
+            raise InputError(f"{run.name}: fewer than 2 windows fit the story; lower --stride or --lag")
+        profile = np.array(profile_values)
+        table = run.slice_means[volumes]
+    correlation = correlate_slices(table, profile)
+    chosen = int(np.argmax(correlation)) if config.slice is None else config.slice
+    if not 0 <= chosen < n_slices:
+        raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
+    features = np.stack([epoch_features(meg, power, s) for s in starts]).astype(np.float32)
+    images = np.stack([resize_bilinear(run.fmri[v, chosen].astype(np.float32), config.size)
+                       for v in volumes])
+    meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),
+             "meg_sample": int(s), "fmri_volume": int(v), "fmri_time_s": round(v * tr - fmri_onset, 4),
+             "slice": chosen} for s, v in zip(starts, volumes, strict=True)]
+    return RunPairs(features, np.clip(images, 0, 1), meta, chosen, correlation, warnings)

@@ -1,0 +1,141 @@
+"""The paper's continuous preprocessing (section 3.2), one run at a time.
+
+MEG: read the FIF once with MNE -> story onset from STI101 (the dataset's known trigger faults
+repaired) -> resample to 100 Hz -> z-score each of the 328 channels over the run.
+fMRI: read the NIfTI once with nibabel -> check TR and shape -> per-volume slice means (numba,
+on the int16 data) -> min-max normalise the run to [0, 1] (float16, volume by volume, as the cache stores it).
+
+Every error names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import mne
+import nibabel as nib
+import numpy as np
+from meg2fmri.shards.errors import InputError
+
+from .bids_io import RunFiles, StoryEvent
+from .kernels import slice_means, slice_means_numpy, zscore_channels
+
+MEG_SFREQ = 100.0  # Hz after resampling (paper)
+STORY_BEGIN, STORY_END = 1, 2  # STI101 values
+TRIGGER_TOLERANCE = 0.5  # s: Beg/End spacing may differ from the story length by this much
+TR_TOLERANCE = 1e-3  # s
+
+
+class RunInputError(InputError):
+    """One run's input files cannot be used; the message names the file."""
+
+
+@dataclass
+class MegRun:
+    data: np.ndarray  # (channels, samples) float32, z-scored, at MEG_SFREQ, file-relative
+    ch_names: list[str]
+    story_onset: float  # s from the FIF file start (negative if the file starts after the story)
+    first_samp: int  # samples at the original rate between acquisition start and file start
+    warnings: list[str] = field(default_factory=list)
+
+
+def story_onset(events: np.ndarray, first_samp: int, sfreq: float, duration: float,
+                run: str) -> tuple[float, list[str]]:
+    """Story onset in seconds from the file start, from STI101 events ``(n, 3)``.
+
+    ``find_events`` samples include ``first_samp``; it is subtracted here. Where the begin
+    trigger is missing, or Beg/End spacing disagrees with ``duration`` (the story length from the
+    fMRI events.tsv) by more than 0.5 s, onset = End - duration (dataset README, usage notes).
+    """
+    def first(value: int) -> float | None:
+        hits = events[events[:, 2] == value]
+        return None if len(hits) == 0 else (int(hits[0, 0]) - first_samp) / sfreq
+
+    beg, end = first(STORY_BEGIN), first(STORY_END)
+    if beg is None and end is None:
+        raise RunInputError("no story events (STI101 values 1 = begin, 2 = end) were found")
+    if end is None:
+        return beg, [f"{run}: no story-end trigger; using the begin trigger at {beg:.3f} s unchecked"]
+    if beg is not None and abs((end - beg) - duration) <= TRIGGER_TOLERANCE:
+        return beg, []
+    onset = end - duration
+    why = ("the begin trigger is missing" if beg is None else
+           f"Beg/End spacing {end - beg:.3f} s disagrees with the story length {duration:.3f} s")
+    return onset, [f"{run}: {why}; story onset = End - duration = {onset:.3f} s"]
+
+
+def preprocess_meg(files: RunFiles, story: StoryEvent) -> MegRun:
+    path = files.meg
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    except Exception as err:  # MNE raises many types for corrupt or truncated files
+        raise RunInputError(f"{path}: cannot read the FIF file ({type(err).__name__}: {err}); "
+                            "re-download or re-export it") from None
+    if "STI101" not in raw.ch_names:
+        raise RunInputError(f"{path}: no STI101 trigger channel")
+    sfreq = raw.info["sfreq"]
+    events = mne.find_events(raw, stim_channel="STI101", shortest_event=1, verbose="error")
+    try:
+        onset, notes = story_onset(events, raw.first_samp, sfreq, story.duration, files.name)
+    except RunInputError as err:
+        raise RunInputError(f"{path}: {err}") from None
+    data = raw.get_data()
+    ch_names, first_samp = list(raw.ch_names), raw.first_samp
+    del raw
+    if not np.isfinite(data).all():
+        raise RunInputError(f"{path}: the MEG data hold NaN or infinite values")
+    factor = sfreq / MEG_SFREQ
+    if factor != int(factor):
+        raise RunInputError(f"{path}: sampling rate {sfreq} Hz is not a multiple of {MEG_SFREQ} Hz")
+    data = mne.filter.resample(data, down=factor, method="polyphase", verbose="error")
+    data = zscore_channels(data)
+    return MegRun(data, ch_names, onset, first_samp, notes)
+
+
+@dataclass
+class FmriRun:
+    volumes: np.ndarray  # (volumes, slices, y, x) scanner values: a transposed view, not a copy
+    slice_means: np.ndarray  # (volumes, slices) float64 of the normalised data
+    tr: float
+    value_range: tuple[float, float]  # scanner values mapped to 0 and 1
+
+    def normalised(self, start: int, stop: int) -> np.ndarray:
+        """Volumes ``start:stop`` min-max normalised over the run, float16 in [0, 1]."""
+        lo, hi = self.value_range
+        block = self.volumes[start:stop].astype(np.float32)
+        return ((block - np.float32(lo)) / np.float32(hi - lo)).astype(np.float16)
+
+
+def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, float]:
+    """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array) and TR."""
+    path = files.bold
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+    except Exception as err:  # nibabel / gzip / zlib errors on corrupt or truncated files
+        raise RunInputError(f"{path}: cannot read the NIfTI file ({type(err).__name__}: {err}); "
+                            "re-download it") from None
+    if data.ndim != 4:
+        raise RunInputError(f"{path}: expected a 4D BOLD run, got shape {data.shape}")
+    tr = float(img.header.get_zooms()[3])
+    if abs(tr - tr_sidecar) > TR_TOLERANCE:
+        raise RunInputError(f"{path}: TR {tr:.4f} s in the header but RepetitionTime {tr_sidecar} s in "
+                            f"{files.bold_json.name}; fix the header or the sidecar")
+    return data.T, tr_sidecar
+
+
+def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
+    volumes, tr = load_bold(files, tr_sidecar)
+    if volumes.dtype == np.int16:
+        means = slice_means(volumes)
+    else:
+        if not np.isfinite(volumes).all():
+            raise RunInputError(f"{files.bold}: the BOLD data hold NaN or infinite values")
+        means = slice_means_numpy(volumes)
+    lo, hi = float(volumes.min()), float(volumes.max())
+    if hi <= lo:
+        raise RunInputError(f"{files.bold}: the run is constant ({lo}); nothing to normalise")
+    return FmriRun(volumes, (means - lo) / (hi - lo), tr, (lo, hi))

@@ -1,0 +1,119 @@
+"""The shard index (``index.json``): every shard with its sample count, byte size and sha256,
+the sample layout, the subject split, and the resolved ingest configuration.
+
+Written last and atomically by ingest, so an index on disk always describes complete shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import IntegrityError, ShardIntegrityError
+from .format import META_BYTES, member_sizes, sample_stride
+
+INDEX_NAME = "index.json"
+FORMAT = "meg2fmri-shards"
+VERSION = 1
+SPLITS = ("train", "held_out")
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str  # file name relative to the index's folder
+    split: str
+    count: int  # samples
+    bytes: int
+    sha256: str
+    first_key: str
+    last_key: str
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    dataset: dict  # name and fingerprint of the BIDS dataset the shards come from
+    features: dict  # {"kind": "mean"|"bandpower", "width": int, "names": [...]}
+    image_size: int
+    split: dict  # {"train": [subject ids], "held_out": [subject ids]}
+    shards: list[ShardEntry]
+    config: dict  # resolved ingest configuration
+    runs: list[dict] = field(default_factory=list)  # per (subject, run): count, slice, warnings
+    failed: list[dict] = field(default_factory=list)  # runs that could not be ingested
+
+    def count(self, split: str | None = None) -> int:
+        return sum(s.count for s in self.shards if split is None or s.split == split)
+
+    def layout(self) -> dict:
+        """Member sizes and the fixed bytes per sample (for readers that compute offsets)."""
+        width = self.features["width"]
+        return {"members": member_sizes(width, self.image_size), "meta_bytes": META_BYTES,
+                "sample_stride": sample_stride(width, self.image_size)}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out = {"format": FORMAT, "version": VERSION, **out, "layout": self.layout(),
+               "counts": {s: self.count(s) for s in SPLITS}}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict, source: str = "index") -> ShardIndex:
+        if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            raise IntegrityError(f"{source}: not a {FORMAT} v{VERSION} index "
+                                 f"(format={obj.get('format')!r}, version={obj.get('version')!r})")
+        keys = ("dataset", "features", "image_size", "split", "config", "runs", "failed")
+        fields = {k: obj[k] for k in keys}
+        return cls(shards=[ShardEntry(**s) for s in obj["shards"]], **fields)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_index(folder: Path, index: ShardIndex) -> Path:
+    path = Path(folder) / INDEX_NAME
+    write_atomic(path, (json.dumps(index.to_json(), indent=1) + "\n").encode())
+    return path
+
+
+def read_index(path: Path) -> ShardIndex:
+    """Read ``index.json`` (or the ``index.json`` inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: no shard index here; run `ingest` first") from None
+    except json.JSONDecodeError as err:
+        raise IntegrityError(f"{path}: the index is not valid JSON ({err}); re-run `ingest`") from None
+    return ShardIndex.from_json(obj, source=str(path))
+
+
+def verify_shard(folder: Path, entry: ShardEntry) -> None:
+    """Raise ``ShardIntegrityError`` unless the shard file matches its index entry."""
+    path = Path(folder) / entry.name
+    if not path.is_file():
+        raise ShardIntegrityError(f"{path}: shard listed in the index is missing")
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise ShardIntegrityError(f"{path}: {size} bytes, the index says {entry.bytes} (truncated?)")
+    digest = file_sha256(path)
+    if digest != entry.sha256:
+        raise ShardIntegrityError(f"{path}: sha256 {digest[:12]}..., the index says {entry.sha256[:12]}...")

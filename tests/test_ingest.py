@@ -1,0 +1,114 @@
+"""ingest on synth data: shards, index, cache, pairing arithmetic against the ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import webdataset as wds
+import zarr
+from conftest import read_tsv
+from meg2fmri.ingest import cli as ingest_cli
+from meg2fmri.ingest.pairing import resize_bilinear
+from meg2fmri.shards.format import read_shard
+from meg2fmri.shards.index import read_index, verify_shard
+
+
+def ingest(*args: str) -> int:
+    return ingest_cli.main(["--quiet", *args])
+
+
+# webdataset 1.0 leaves each shard's file object to the garbage collector (a ResourceWarning).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_shards_match_the_index_and_open_with_plain_webdataset(ingested: Path):
+    index = read_index(ingested)
+    assert index.split == {"train": ["01", "03"], "held_out": ["02", "04"]}  # one F + one M held out
+    assert index.failed == [] and len(index.runs) == 8
+    assert index.features["kind"] == "mean" and index.features["width"] == 328
+    keys = []
+    for entry in index.shards:
+        verify_shard(ingested, entry)
+        samples = list(wds.WebDataset(str(ingested / entry.name), shardshuffle=False).decode())
+        assert len(samples) == entry.count
+        for s in samples:
+            assert s["meg.npy"].shape == (328,) and s["meg.npy"].dtype == np.float32
+            assert s["fmri.npy"].shape == (32, 32) and 0 <= s["fmri.npy"].min() <= s["fmri.npy"].max() <= 1
+            assert s["json"]["split"] == entry.split
+            assert (s["json"]["subject"] in index.split["held_out"]) == (entry.split == "held_out")
+        keys += [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)) == index.count() == sum(r["count"] for r in index.runs)
+    assert len(index.shards) > 2  # 30 samples per shard: several, the last one partly filled
+
+
+def test_mean_features_are_zscored_vectors(ingested: Path):
+    sample = next(read_shard(ingested / "shards/train-000000.tar"))
+    assert abs(sample.meg.mean()) < 1e-5 and abs(sample.meg.std() - 1) < 1e-4
+
+
+def test_cache_holds_continuous_signals(ingested: Path, tiny_root: Path):
+    group = zarr.open_group(ingested / "cache.zarr/sub-03_run-2", mode="r")
+    meg, fmri = group["meg"], group["fmri"]
+    runs = {(r["subject"], int(r["run"])): r for r in read_tsv(tiny_root / "derivatives/synth/runs.tsv")}
+    n_times = int(runs[("03", 2)]["meg_n_times"])
+    assert meg.shape == (328, round(n_times / 10)) and meg.dtype == np.float32  # 1000 -> 100 Hz
+    data = meg[:]
+    moving = data.std(axis=1) > 0
+    assert moving.sum() >= 306 and np.allclose(data[moving].std(axis=1), 1, atol=1e-3)
+    img = nib.load(tiny_root / "sub-03/func/sub-03_task-RDR_run-2_bold.nii.gz")
+    raw = np.asarray(img.dataobj).astype(np.float64)
+    assert fmri.shape == raw.T.shape and fmri.chunks == (1, *raw.T.shape[1:]) and fmri.dtype == np.float16
+    expected = (raw[..., 7] - raw.min()) / (raw.max() - raw.min())
+    assert np.abs(fmri[7].astype(np.float64) - expected.T).max() < 1e-3  # float16 rounding only
+    assert np.allclose(group["fmri_slice_means"][7], expected.mean(axis=(0, 1)), atol=1e-9)
+
+
+def test_story_onset_is_file_relative_not_acquisition_relative(ingested: Path, tiny_root: Path):
+    """events.tsv onsets are file-relative; find_events samples include first_samp."""
+    for subject, run in [("01", 1), ("04", 2)]:
+        attrs = zarr.open_group(ingested / f"cache.zarr/sub-{subject}_run-{run}", mode="r").attrs
+        events = tiny_root / f"sub-{subject}/meg/sub-{subject}_task-RDR_run-{run}_events.tsv"
+        beg = float(read_tsv(events)[0]["onset"])
+        assert attrs["meg_story_onset_s"] == pytest.approx(beg, abs=1e-9)
+        assert attrs["meg_first_samp"] > 6000
+
+
+def test_windows_pairing_arithmetic_against_ground_truth(ingested: Path, tiny_root: Path):
+    """Each sample's MEG epoch starts at the true story start + story time; its image is the volume
+    acquired at 10.65 s + story time + lag, resized from the NIfTI slice."""
+    truth = {(r["subject"], int(r["run"])): r for r in read_tsv(tiny_root / "derivatives/synth/runs.tsv")}
+    img = np.asarray(nib.load(tiny_root / "sub-01/func/sub-01_task-RDR_run-2_bold.nii.gz").dataobj)
+    normalised = (img.astype(np.float64) - img.min()) / (img.max() - img.min())
+    samples = [s for e in read_index(ingested).shards for s in read_shard(ingested / e.name)
+               if s.key.startswith("sub-01_run-2_")]
+    assert [s.meta["story_time_s"] for s in samples] == [2.0 * i for i in range(len(samples))]
+    start = float(truth[("01", 2)]["meg_story_start_s"])
+    for s in samples:
+        tau = s.meta["story_time_s"]
+        assert s.meta["meg_sample"] == round(start * 100) + round(tau * 100)
+        assert s.meta["fmri_volume"] == round((10.65 + tau + 5.0) / 0.71)
+        expected = resize_bilinear(normalised[:, :, s.meta["slice"], s.meta["fmri_volume"]].T, 32)
+        assert np.abs(s.fmri - expected).max() < 1e-3
+
+
+def test_paper_pairing_and_bandpower_from_cache(ingested: Path, tmp_path: Path, tiny_root: Path):
+    """--from-cache re-pairs without touching FIF/NIfTI (the BIDS root is moved away)."""
+    out = tmp_path / "out"
+    hidden = tmp_path / "moved"
+    import shutil
+
+    shutil.copytree(ingested, out, ignore=shutil.ignore_patterns("shards", "index.json", ".work"))
+    tiny_root.rename(hidden)
+    try:
+        code = ingest("--out", str(out), "--from-cache", "--pairing", "paper", "--features", "bandpower")
+    finally:
+        hidden.rename(tiny_root)
+    assert code == 0
+    index = read_index(out)
+    assert index.count() == 8 and index.features["width"] == 328 * 5
+    assert index.features["names"][:2] == ["BIO001:delta", "IASX+:delta"]
+    for entry in index.shards:
+        for s in read_shard(out / entry.name):
+            assert s.meta["fmri_volume"] == 15 + 32  # window from volume 15 (10.65 s / 0.71 s), index 32
+            assert s.meta["story_time_s"] == 0.0 and s.meg.shape == (1640,)
