@@ -1,31 +1,60 @@
 """``bench``: throughput measured side by side against the alternatives a user would pick.
 
-Not implemented yet: ``bench kernels`` and ``bench ingest`` arrive with issue #3, ``bench loader``
-with issue #4. The command answers ``--help`` now.
+``bench kernels`` and ``bench ingest`` are here; ``bench loader`` and ``bench train`` arrive with
+issues #4 and #5.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-BENCHES = {"kernels": 3, "ingest": 3, "loader": 4, "train": 5}
+PENDING = {"loader": 4, "train": 5}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench", description="Benchmarks; each writes a table and JSON ({'machine', 'rows'}).")
+        prog="bench", description="Benchmarks. Each prints a table and, with --json FILE, writes "
+        '{"machine": {...}, "rows": [{"name", "median_s", "throughput", "unit", ...}]}. Figures are '
+        "medians of repeats measured side by side in one run; compare ratios, not absolute times.")
     sub = p.add_subparsers(dest="which", required=True)
-    for name, issue in BENCHES.items():
-        one = sub.add_parser(name, help=f"{name} benchmark (not implemented yet: issue #{issue})")
-        one.add_argument("--json", help="write the results as JSON to this file")
+    kernels = sub.add_parser("kernels", help="numba kernels vs numpy references vs memcpy",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    kernels.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
+    ingest = sub.add_parser("ingest", help="ingest 1 worker vs all cores vs read-only (demo preset)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ingest.add_argument("--bids-root", type=Path, default=None,
+                        help="dataset to ingest (default: synth's demo preset, written into --work)")
+    ingest.add_argument("--work", type=Path, default=Path("bench-work"),
+                        help="folder for the demo dataset and the ingest outputs")
+    ingest.add_argument("--subjects", default=None, help="comma-separated subset, e.g. 01,02 (default: all)")
+    ingest.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration")
+    for name, issue in PENDING.items():
+        sub.add_parser(name, help=f"not implemented yet (issue #{issue})")
+    for one in sub.choices.values():
+        one.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"bench {args.which}: not implemented yet (issue #{BENCHES[args.which]})", file=sys.stderr)
-    return 2
+    if args.which in PENDING:
+        print(f"bench {args.which}: not implemented yet (issue #{PENDING[args.which]})", file=sys.stderr)
+        return 2
+    from .report import emit
+
+    if args.which == "kernels":
+        from .kernels import run
+
+        rows, notes = run(args.repeats)
+    else:
+        from .ingest_bench import run
+
+        subjects = None if args.subjects is None else tuple(s.zfill(2) for s in args.subjects.split(","))
+        rows, notes = run(args.bids_root, args.work, subjects, args.repeats)
+    emit(rows, args.json, notes)
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mne_bids
+
 from meg2fmri.shards.errors import BidsInputError
 
 TASK = "RDR"

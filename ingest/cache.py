@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from meg2fmri.shards.errors import InputError, IntegrityError
 from zarr.codecs import BloscCodec
+
+from meg2fmri.shards.errors import InputError, IntegrityError
 
 from .bids_io import RunFiles, StoryEvent
 from .preprocess import MEG_SFREQ, FmriRun, MegRun
@@ -30,7 +31,9 @@ from .preprocess import MEG_SFREQ, FmriRun, MegRun
 CACHE_NAME = "cache.zarr"
 CACHE_VERSION = 1
 RUN_PATTERN = re.compile(r"^sub-(\w+)_run-(\d+)$")
-COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+# Measured on demo runs: lz4 + bitshuffle was both the fastest and the smallest of blosc-lz4/zstd
+# with byte or bit shuffle, and faster than no compression (fewer bytes to write).
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 VOLUMES_PER_WRITE = 16
 
 

@@ -6,10 +6,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.index import ShardIndex
 from meg2fmri.shards.split import held_out_subjects, split_of
-from tqdm import tqdm
 
 from . import cache
 from .pairing import feature_names

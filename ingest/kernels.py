@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
 from meg2fmri.shards.errors import InputError
 
 
@@ -25,25 +26,27 @@ class NonFiniteError(InputError):
 # ---------------------------------------------------------------- z-score per channel
 
 
-@numba.njit(parallel=True, fastmath=False, cache=True)
+# 'reassoc' lets LLVM vectorise the sums (several partial sums); NaN/inf semantics are kept.
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
 def _zscore_channels(x: np.ndarray, out: np.ndarray) -> bool:
     n_channels, n_times = x.shape
     bad = np.zeros(n_channels, dtype=np.bool_)
     for c in numba.prange(n_channels):
         row = x[c]
-        total = 0.0
+        shift = np.float64(row[0])  # sums of (x - shift) keep the one-pass variance accurate
+        s1 = 0.0
+        s2 = 0.0
         for t in range(n_times):
-            total += row[t]
-        mean = total / n_times
-        ss = 0.0
-        for t in range(n_times):
-            d = row[t] - mean
-            ss += d * d
-        if not np.isfinite(ss):
+            d = row[t] - shift
+            s1 += d
+            s2 += d * d
+        if not (np.isfinite(s1) and np.isfinite(s2)):
             bad[c] = True
             continue
-        std = np.sqrt(ss / n_times)
-        scale = 1.0 / std if std > 0.0 else 0.0
+        m1 = s1 / n_times
+        var = max(s2 / n_times - m1 * m1, 0.0)
+        mean = shift + m1
+        scale = 1.0 / np.sqrt(var) if var > 0.0 else 0.0
         target = out[c]
         for t in range(n_times):
             target[t] = (row[t] - mean) * scale
@@ -108,6 +111,66 @@ def slice_means(volumes: np.ndarray) -> np.ndarray:
 def slice_means_numpy(volumes: np.ndarray) -> np.ndarray:
     """Reference for ``slice_means``."""
     return volumes.astype(np.float64).mean(axis=(2, 3))
+
+
+# ---------------------------------------------------------------- normalise to float16
+
+
+@numba.njit(cache=True)
+def _half_bits(f: np.uint32) -> np.uint16:
+    """IEEE float32 bits -> float16 bits, round half to even (numpy's npy_floatbits_to_halfbits)."""
+    sign = np.uint32((f & np.uint32(0x80000000)) >> np.uint32(16))
+    f_exp = f & np.uint32(0x7F800000)
+    if f_exp >= np.uint32(0x47800000):  # overflow, inf or NaN
+        if f_exp == np.uint32(0x7F800000) and (f & np.uint32(0x007FFFFF)) != 0:
+            return np.uint16(sign | np.uint32(0x7E00))
+        return np.uint16(sign | np.uint32(0x7C00))
+    if f_exp <= np.uint32(0x38000000):  # subnormal half or zero
+        if f_exp < np.uint32(0x33000000):
+            return np.uint16(sign)
+        e = f_exp >> np.uint32(23)
+        sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
+        sig = sig >> (np.uint32(113) - e)
+        if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000) or (f & np.uint32(0x7FF)) != 0:
+            sig += np.uint32(0x1000)
+        return np.uint16(sign + (sig >> np.uint32(13)))
+    h_exp = (f_exp - np.uint32(0x38000000)) >> np.uint32(13)
+    sig = f & np.uint32(0x007FFFFF)
+    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        sig += np.uint32(0x1000)
+    return np.uint16(sign + h_exp + (sig >> np.uint32(13)))
+
+
+@numba.njit(parallel=True, cache=True)
+def _normalise_float16(volumes: np.ndarray, lo: np.float32, span: np.float32, out: np.ndarray) -> None:
+    n_vols, n_slices, ny, nx = volumes.shape
+    for i in numba.prange(n_vols * n_slices):
+        t = i // n_slices
+        z = i - t * n_slices
+        row = np.empty(nx, dtype=np.float32)
+        for y in range(ny):
+            for x in range(nx):
+                row[x] = (np.float32(volumes[t, z, y, x]) - lo) / span
+            bits = row.view(np.uint32)
+            for x in range(nx):
+                out[t, z, y, x] = _half_bits(bits[x])
+
+
+def normalise_float16(volumes: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(volumes - lo) / (hi - lo)`` as float16, computed in float32: bit-identical to
+    ``((volumes.astype(float32) - float32(lo)) / float32(hi - lo)).astype(float16)`` in one pass."""
+    if volumes.dtype != np.int16:
+        block = volumes.astype(np.float32)
+        return ((block - np.float32(lo)) / np.float32(hi - lo)).astype(np.float16)
+    out = np.empty(volumes.shape, dtype=np.uint16)
+    _normalise_float16(np.ascontiguousarray(volumes), np.float32(lo), np.float32(hi - lo), out)
+    return out.view(np.float16)
+
+
+def normalise_float16_numpy(volumes: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Reference for ``normalise_float16``."""
+    block = volumes.astype(np.float32)
+    return ((block - np.float32(lo)) / np.float32(hi - lo)).astype(np.float16)
 
 
 # ---------------------------------------------------------------- slice correlation

@@ -24,8 +24,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from meg2fmri.shards.errors import InputError
 from scipy import signal
+
+from meg2fmri.shards.errors import InputError
 
 from .cache import CachedRun
 from .kernels import correlate_slices, zscore_channels_numpy

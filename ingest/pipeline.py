@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from meg2fmri.shards.errors import InputError, Meg2fmriError, OutputExistsError
 from meg2fmri.shards.index import INDEX_NAME, read_index
 
@@ -117,12 +118,31 @@ def plan(config: IngestConfig) -> tuple[list[RunTask], dict, dict[str, str], lis
     return [RunTask(s, r, by_key[(s, r)]) for s, r in chosen], dataset, sexes, notes
 
 
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its high-water mark (``VmHWM``), MB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
+def reset_peak_memory() -> None:
+    """Restart the high-water mark at the current RSS (Linux; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def ingest_run(task: RunTask, config: IngestConfig) -> dict:
     """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair. Never raises
     for bad input: returns ``{"ok": False, "error": ...}`` naming the file."""
     name = f"sub-{task.subject}_run-{task.run}"
     root = config.out / cache.CACHE_NAME
-    decoded = False
+    decoded, decoded_mb = False, 0.0
+    reset_peak_memory()
+    baseline_mb = resident_mb()
     try:
         if task.files is not None and not cache.is_cached(root, task.files):
             story = fmri_story(task.files.bold_events)
@@ -130,6 +150,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
             meg = preprocess_meg(task.files, story)
             fmri = preprocess_fmri(task.files, tr)
             cache.write_run(root, task.files, meg, fmri, story)
+            decoded_mb = (meg.decoded_bytes + fmri.volumes.nbytes) / 2**20
             del meg, fmri
             decoded = True
         pairs = pair_run(cache.read_run(root, task.subject, task.run), config.pairing)
@@ -147,7 +168,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
     warnings = cache.read_run(root, task.subject, task.run).attrs["warnings"] + pairs.warnings
     return {"subject": task.subject, "run": task.run, "ok": True, "count": len(pairs.meta),
             "slice": pairs.slice, "decoded": decoded, "warnings": warnings,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "decoded_mb": decoded_mb, "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
 
 
 def load_pairs(config: IngestConfig, subject: str, run: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from meg2fmri.ingest.synth import cli as synth_cli
 
 # Ray reads this when imported: a local Ray then listens on loopback only.

@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 import zarr
 from conftest import read_tsv
+
 from meg2fmri.ingest import cli as ingest_cli
 from meg2fmri.ingest.pairing import resize_bilinear
 from meg2fmri.shards.format import read_shard

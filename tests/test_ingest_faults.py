@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import zarr
+
 from meg2fmri.ingest import cli as ingest_cli
 from meg2fmri.ingest.driver import run_ingest
 from meg2fmri.ingest.pipeline import IngestConfig

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_tsv, run_synth
+
 from meg2fmri.ingest.synth import cli as synth_cli
 
 SMALL = ["--preset", "tiny", "--subjects", "02", "--runs", "3", "--duration", "12",

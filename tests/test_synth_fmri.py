@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from meg2fmri.ingest.synth.config import FMRI_AUDIO_ONSET, TR
 from meg2fmri.ingest.synth.sources import bold_response
 

@@ -9,6 +9,7 @@ import mne_bids
 import numpy as np
 import pytest
 from conftest import DATA, read_tsv, truth_config
+
 from meg2fmri.ingest.synth.config import Coupling
 from meg2fmri.ingest.synth.sources import story_sources
 

@@ -15,8 +15,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from meg2fmri.shards.errors import InputError, OutputExistsError
 from tqdm import tqdm
+
+from meg2fmri.shards.errors import InputError, OutputExistsError
 
 from . import bids, fmri, meg
 from .config import DEFECT_RUNS, MEG_SFREQ, RunPlan, SynthConfig, estimated_bytes

@@ -1,0 +1,69 @@
+"""Shared benchmark plumbing: machine facts, medians of repeated timings, table and JSON output.
+
+Every bench writes ``{"machine": {...}, "rows": [{"name", "median_s", "throughput", "unit", ...}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        memory_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except OSError:
+        memory_gb = None
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": memory_gb,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": {p: version(p) for p in ("numpy", "numba", "mne", "nibabel", "zarr", "ray")}}
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def row(name: str, median_s: float, throughput: float, unit: str, **extra: object) -> dict:
+    return {"name": name, "median_s": median_s, "throughput": throughput, "unit": unit, **extra}
+
+
+def table(rows: list[dict]) -> str:
+    extra_keys = [k for k in dict.fromkeys(k for r in rows for k in r)
+                  if k not in ("name", "median_s", "throughput", "unit", "times_s")]
+    header = ["name", "median_s", "throughput", "unit", *extra_keys]
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+    cells = [header] + [[fmt(r.get(k)) for k in header] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(header))) for c in cells)
+
+
+def emit(rows: list[dict], json_path: Path | None, notes: list[str]) -> None:
+    print(table(rows))
+    for note in notes:
+        print(note)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps({"machine": machine(), "rows": rows, "notes": notes},
+                                              indent=1) + "\n")
+        print(f"wrote {json_path}")
