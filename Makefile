@@ -31,7 +31,10 @@ install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite
+	rm -rf $(DEMO_DIR)/ingest
+	$(BIN)/ingest --bids-root $(DEMO_DIR)/bids --out $(DEMO_DIR)/ingest --subjects all
 	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
+	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest (index: $(DEMO_DIR)/ingest/index.json)"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ingest shards loader model bench tests

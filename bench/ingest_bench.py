@@ -47,7 +47,7 @@ def timed_ingest(root: Path, work: Path, subjects: tuple[str, ...] | None, worke
                  repeats: int) -> tuple[list[float], list[dict]]:
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=False)
     times, results = [], []
     try:

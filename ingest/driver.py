@@ -14,7 +14,17 @@ from meg2fmri.shards.split import held_out_subjects, split_of
 
 from . import cache
 from .pairing import feature_names
-from .pipeline import IngestConfig, RunTask, check_out, done_runs, ingest_run, pairs_dir, plan, reset_work
+from .pipeline import (
+    IngestConfig,
+    RunTask,
+    check_out,
+    done_runs,
+    ingest_run,
+    load_pairs,
+    pairs_dir,
+    plan,
+    reset_work,
+)
 from .shard_writer import SHARD_DIR, write_shards
 
 
@@ -41,8 +51,6 @@ def remove_temporaries(config: IngestConfig) -> None:
 
 def result_of_done(config: IngestConfig, subject: str, run: int) -> dict:
     """The summary of a run finished by an earlier (possibly interrupted) ingest."""
-    from .pipeline import load_pairs
-
     _, _, meta = load_pairs(config, subject, run)
     attrs = cache.read_run(config.out / cache.CACHE_NAME, subject, run).attrs
     return {"subject": subject, "run": run, "ok": True, "count": len(meta), "slice": meta[0]["slice"],
@@ -59,14 +67,25 @@ def start_ray(config: IngestConfig):
         ray.init(address=config.ray_address, configure_logging=False, log_to_driver=False)
     else:
         cpus = config.workers or len(os.sched_getaffinity(0))
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=False, log_to_driver=False)
     return ray, True
 
 
+def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
+    """``ingest_run`` in a Ray worker, with numba's threads limited to the CPUs Ray gave the task
+    (otherwise every task would use every core and they would fight)."""
+    import numba
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    numba.set_num_threads(max(1, min(int(cpus), numba.config.NUMBA_NUM_THREADS)))
+    return ingest_run(task, config)
+
+
 def run_tasks(tasks: list[RunTask], config: IngestConfig, progress: bool) -> list[dict]:
     ray, started = start_ray(config)
-    remote = ray.remote(num_cpus=1, max_retries=0)(ingest_run)
+    remote = ray.remote(num_cpus=1, max_retries=0)(ray_ingest_run)
     refs = {remote.remote(task, config): task for task in tasks}
     results = []
     bar = tqdm(total=len(tasks), desc="ingest", unit="run", disable=not progress)

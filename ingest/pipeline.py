@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,32 +144,46 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
     decoded, decoded_mb = False, 0.0
     reset_peak_memory()
     baseline_mb = resident_mb()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = now - clock
+        clock = now
+
     try:
         if task.files is not None and not cache.is_cached(root, task.files):
             story = fmri_story(task.files.bold_events)
             tr = repetition_time(task.files.bold_json)
             meg = preprocess_meg(task.files, story)
+            lap("meg")
             fmri = preprocess_fmri(task.files, tr)
+            lap("fmri")
             cache.write_run(root, task.files, meg, fmri, story)
+            lap("cache")
             decoded_mb = (meg.decoded_bytes + fmri.volumes.nbytes) / 2**20
             del meg, fmri
             decoded = True
-        pairs = pair_run(cache.read_run(root, task.subject, task.run), config.pairing)
+        cached = cache.read_run(root, task.subject, task.run)
+        pairs = pair_run(cached, config.pairing)
         folder = pairs_dir(config)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.tmp-{os.getpid()}.npz"
         np.savez(tmp, meg=pairs.meg, fmri=pairs.fmri, meta=json.dumps(pairs.meta),
                  correlation=pairs.slice_correlation)
         os.replace(tmp, folder / f"{name}.npz")
+        lap("pair")
     except (Meg2fmriError, OSError, ValueError) as err:
         return {"subject": task.subject, "run": task.run, "ok": False, "error": str(err)}
     except Exception as err:  # a bug must not stop the other runs either; say what it was
         return {"subject": task.subject, "run": task.run, "ok": False,
                 "error": f"{name}: unexpected {type(err).__name__}: {err}"}
-    warnings = cache.read_run(root, task.subject, task.run).attrs["warnings"] + pairs.warnings
     return {"subject": task.subject, "run": task.run, "ok": True, "count": len(pairs.meta),
-            "slice": pairs.slice, "decoded": decoded, "warnings": warnings,
-            "decoded_mb": decoded_mb, "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
+            "slice": pairs.slice, "decoded": decoded, "warnings": cached.attrs["warnings"] + pairs.warnings,
+            "decoded_mb": decoded_mb, "peak_task_mb": resident_mb("VmHWM") - baseline_mb,
+            "seconds": seconds}
 
 
 def load_pairs(config: IngestConfig, subject: str, run: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:

@@ -26,7 +26,7 @@ def held_out_subjects(sexes: dict[str, str], chosen: tuple[str, ...] | None = No
                              f"{sex!r} among {sorted(sexes)} (participants.tsv); pass --held-out")
         picks.append(candidates[-1])
     if len(sexes) - len(picks) < 1:
-        raise InputError(f"holding out {picks} leaves no training subject; ingest more subjects")
+        raise InputError(f"holding out {sorted(picks)} leaves no training subject; ingest more subjects")
     return tuple(sorted(picks))
 
 

@@ -59,7 +59,7 @@ def ray_session():
     """One local Ray for the in-process ingest tests (loopback only, 2 CPUs)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()

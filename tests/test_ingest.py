@@ -53,7 +53,7 @@ def test_cache_holds_continuous_signals(ingested: Path, tiny_root: Path):
     meg, fmri = group["meg"], group["fmri"]
     runs = {(r["subject"], int(r["run"])): r for r in read_tsv(tiny_root / "derivatives/synth/runs.tsv")}
     n_times = int(runs[("03", 2)]["meg_n_times"])
-    assert meg.shape == (328, round(n_times / 10)) and meg.dtype == np.float32  # 1000 -> 100 Hz
+    assert meg.shape == (328, -(-n_times // 10)) and meg.dtype == np.float32  # 1000 -> 100 Hz
     data = meg[:]
     moving = data.std(axis=1) > 0
     assert moving.sum() >= 306 and np.allclose(data[moving].std(axis=1), 1, atol=1e-3)
@@ -113,3 +113,27 @@ def test_paper_pairing_and_bandpower_from_cache(ingested: Path, tmp_path: Path, 
         for s in read_shard(out / entry.name):
             assert s.meta["fmri_volume"] == 15 + 32  # window from volume 15 (10.65 s / 0.71 s), index 32
             assert s.meta["story_time_s"] == 0.0 and s.meg.shape == (1640,)
+
+
+def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path, tmp_path: Path, ray_session):
+    """--preprocessed reads derivatives/preprocessed_data/sub-XX/{MEG,MNI} (the real layout) and
+    takes fMRI events and sidecars from the raw tree."""
+    import shutil
+
+    root = tmp_path / "bids"
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("*.fif", "*.nii.gz"))
+    for subject in ["01", "02"]:
+        meg_dir = root / f"derivatives/preprocessed_data/sub-{subject}/MEG"
+        mni_dir = root / f"derivatives/preprocessed_data/sub-{subject}/MNI"
+        meg_dir.mkdir(parents=True)
+        mni_dir.mkdir(parents=True)
+        stem = f"sub-{subject}_task-RDR_run-1"
+        (meg_dir / f"{stem}_meg.fif").symlink_to(tiny_root / f"sub-{subject}/meg/{stem}_meg.fif")
+        (mni_dir / f"{stem}_bold.nii.gz").symlink_to(tiny_root / f"sub-{subject}/func/{stem}_bold.nii.gz")
+    out = tmp_path / "out"
+    assert ingest("--bids-root", str(root), "--out", str(out), "--preprocessed", "--held-out", "02") == 0
+    index = read_index(out)
+    assert [(r["subject"], r["run"]) for r in index.runs] == [("01", 1), ("02", 1)]
+    sources = zarr.open_group(out / "cache.zarr/sub-01_run-1", mode="r").attrs["sources"]
+    assert "derivatives/preprocessed_data/sub-01/MEG" in sources["meg"]["path"]
+    assert "derivatives/preprocessed_data/sub-01/MNI" in sources["bold"]["path"]

@@ -163,3 +163,39 @@ def test_kill_9_then_rerun_gives_the_same_shards(tiny_root: Path, tmp_path: Path
     decoded_again = sum(1 for r in report.results if r["decoded"])
     assert decoded_again <= 6  # runs cached before the kill are not decoded again
     assert shard_digests(out) == shard_digests(ingested)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_address_uses_an_existing_cluster(tiny_root: Path, tmp_path: Path):
+    """A Ray head started separately (as on a cluster), reached with --ray-address."""
+    port = free_port()
+    # loopback only; Ray's token authentication would need the token handed to the driver
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                             "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "meg2fmri.ingest.cli", "--bids-root", str(tiny_root), "--out", str(out),
+               "--subjects", "01,02", "--runs", "1", "--held-out", "02", "--ray-address", f"127.0.0.1:{port}",
+               "--quiet"]
+        for _ in range(60):  # the head needs a few seconds to accept drivers
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            if result.returncode == 0 or "ConnectionError" not in result.stderr:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert read_index(out).count() == 2 * 20
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
