@@ -94,11 +94,16 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
                         workers=cores if name == "ingest_all" else 1, times_s=times))
     rows[1]["peak_task_mb"] = peak_mb
     rows[1]["peak_vs_decoded"] = peak_ratio
+    stages = {k: statistics.mean(r["seconds"][k] for r in decoded) for k in decoded[0]["seconds"]}
+    rows[1]["stage_s_per_run"] = {k: round(v, 3) for k, v in stages.items()}
     speedup = rows[1]["median_s"] / rows[2]["median_s"]
     overhead = rows[1]["median_s"] / rows[0]["median_s"]
     notes = [f"{n} runs, {input_mb:.0f} MB of FIF + NIfTI from {root}",
              f"all {cores} cores vs 1 worker: {speedup:.2f}x (target >= 1.6x on 2 cores)",
              f"ingest (1 worker) / read-only: {overhead:.2f}x (target <= 1.3x)",
              f"peak memory per task: {peak_mb:.0f} MB = {peak_ratio:.2f}x the run's decoded size "
-             "(target <= 1.5x)"]
+             "(target <= 1.5x)",
+             "1-worker seconds per run by stage (mean): "
+             + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
+             + f"; read-only {rows[0]['median_s'] / n:.3f}"]
     return rows, notes

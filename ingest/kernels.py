@@ -113,66 +113,6 @@ def slice_means_numpy(volumes: np.ndarray) -> np.ndarray:
     return volumes.astype(np.float64).mean(axis=(2, 3))
 
 
-# ---------------------------------------------------------------- normalise to float16
-
-
-@numba.njit(cache=True)
-def _half_bits(f: np.uint32) -> np.uint16:
-    """IEEE float32 bits -> float16 bits, round half to even (numpy's npy_floatbits_to_halfbits)."""
-    sign = np.uint32((f & np.uint32(0x80000000)) >> np.uint32(16))
-    f_exp = f & np.uint32(0x7F800000)
-    if f_exp >= np.uint32(0x47800000):  # overflow, inf or NaN
-        if f_exp == np.uint32(0x7F800000) and (f & np.uint32(0x007FFFFF)) != 0:
-            return np.uint16(sign | np.uint32(0x7E00))
-        return np.uint16(sign | np.uint32(0x7C00))
-    if f_exp <= np.uint32(0x38000000):  # subnormal half or zero
-        if f_exp < np.uint32(0x33000000):
-            return np.uint16(sign)
-        e = f_exp >> np.uint32(23)
-        sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
-        sig = sig >> (np.uint32(113) - e)
-        if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000) or (f & np.uint32(0x7FF)) != 0:
-            sig += np.uint32(0x1000)
-        return np.uint16(sign + (sig >> np.uint32(13)))
-    h_exp = (f_exp - np.uint32(0x38000000)) >> np.uint32(13)
-    sig = f & np.uint32(0x007FFFFF)
-    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
-        sig += np.uint32(0x1000)
-    return np.uint16(sign + h_exp + (sig >> np.uint32(13)))
-
-
-@numba.njit(parallel=True, cache=True)
-def _normalise_float16(volumes: np.ndarray, lo: np.float32, span: np.float32, out: np.ndarray) -> None:
-    n_vols, n_slices, ny, nx = volumes.shape
-    for i in numba.prange(n_vols * n_slices):
-        t = i // n_slices
-        z = i - t * n_slices
-        row = np.empty(nx, dtype=np.float32)
-        for y in range(ny):
-            for x in range(nx):
-                row[x] = (np.float32(volumes[t, z, y, x]) - lo) / span
-            bits = row.view(np.uint32)
-            for x in range(nx):
-                out[t, z, y, x] = _half_bits(bits[x])
-
-
-def normalise_float16(volumes: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``(volumes - lo) / (hi - lo)`` as float16, computed in float32: bit-identical to
-    ``((volumes.astype(float32) - float32(lo)) / float32(hi - lo)).astype(float16)`` in one pass."""
-    if volumes.dtype != np.int16:
-        block = volumes.astype(np.float32)
-        return ((block - np.float32(lo)) / np.float32(hi - lo)).astype(np.float16)
-    out = np.empty(volumes.shape, dtype=np.uint16)
-    _normalise_float16(np.ascontiguousarray(volumes), np.float32(lo), np.float32(hi - lo), out)
-    return out.view(np.float16)
-
-
-def normalise_float16_numpy(volumes: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Reference for ``normalise_float16``."""
-    block = volumes.astype(np.float32)
-    return ((block - np.float32(lo)) / np.float32(hi - lo)).astype(np.float16)
-
-
 # ---------------------------------------------------------------- slice correlation
 
 

@@ -155,8 +155,7 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
     if not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
     features = np.stack([epoch_features(meg, power, s) for s in starts]).astype(np.float32)
-    images = np.stack([resize_bilinear(run.fmri[v, chosen].astype(np.float32), config.size)
-                       for v in volumes])
+    images = np.stack([resize_bilinear(run.image(v, chosen), config.size) for v in volumes])
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),
              "meg_sample": int(s), "fmri_volume": int(v), "fmri_time_s": round(v * tr - fmri_onset, 4),
              "slice": chosen} for s, v in zip(starts, volumes, strict=True)]

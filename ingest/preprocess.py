@@ -4,7 +4,8 @@ MEG: read the FIF once with MNE -> story onset from STI101 (the dataset's known 
 repaired) -> resample to 100 Hz (polyphase anti-aliasing FIR) -> z-score each of the 328 channels
 over the run.
 fMRI: read the NIfTI once with nibabel -> check TR and shape -> per-volume slice means (numba,
-on the int16 data) -> min-max normalise the run to [0, 1] (float16, volume by volume, as the cache stores it).
+on the int16 data) -> the run's min and max, which min-max normalise it to [0, 1] (the cache
+stores the int16 values with that exact scale).
 
 Every error names the file and what is wrong.
 """
@@ -24,7 +25,7 @@ from scipy import signal
 from meg2fmri.shards.errors import InputError
 
 from .bids_io import RunFiles, StoryEvent
-from .kernels import NonFiniteError, normalise_float16, slice_means, slice_means_numpy, zscore_channels
+from .kernels import NonFiniteError, slice_means, slice_means_numpy, zscore_channels
 
 MEG_SFREQ = 100.0  # Hz after resampling (paper)
 STORY_BEGIN, STORY_END = 1, 2  # STI101 values
@@ -128,9 +129,6 @@ class FmriRun:
     tr: float
     value_range: tuple[float, float]  # scanner values mapped to 0 and 1
 
-    def normalised(self, start: int, stop: int) -> np.ndarray:
-        """Volumes ``start:stop`` min-max normalised over the run, float16 in [0, 1]."""
-        return normalise_float16(self.volumes[start:stop], *self.value_range)
 
 
 def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, float]:

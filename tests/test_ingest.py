@@ -59,9 +59,12 @@ def test_cache_holds_continuous_signals(ingested: Path, tiny_root: Path):
     assert moving.sum() >= 306 and np.allclose(data[moving].std(axis=1), 1, atol=1e-3)
     img = nib.load(tiny_root / "sub-03/func/sub-03_task-RDR_run-2_bold.nii.gz")
     raw = np.asarray(img.dataobj).astype(np.float64)
-    assert fmri.shape == raw.T.shape and fmri.chunks == (1, *raw.T.shape[1:]) and fmri.dtype == np.float16
+    assert fmri.shape == raw.T.shape and fmri.chunks == (1, *raw.T.shape[1:]) and fmri.dtype == np.int16
     expected = (raw[..., 7] - raw.min()) / (raw.max() - raw.min())
-    assert np.abs(fmri[7].astype(np.float64) - expected.T).max() < 1e-3  # float16 rounding only
+    # CF packing: normalised = stored * scale_factor + add_offset (exact, not rounded)
+    decoded = fmri[7] * fmri.attrs["scale_factor"] + fmri.attrs["add_offset"]
+    assert np.abs(decoded - expected.T).max() < 1e-12
+    assert decoded.min() >= 0 and decoded.max() <= 1
     assert np.allclose(group["fmri_slice_means"][7], expected.mean(axis=(0, 1)), atol=1e-9)
 
 
@@ -90,7 +93,7 @@ def test_windows_pairing_arithmetic_against_ground_truth(ingested: Path, tiny_ro
         assert s.meta["meg_sample"] == round(start * 100) + round(tau * 100)
         assert s.meta["fmri_volume"] == round((10.65 + tau + 5.0) / 0.71)
         expected = resize_bilinear(normalised[:, :, s.meta["slice"], s.meta["fmri_volume"]].T, 32)
-        assert np.abs(s.fmri - expected).max() < 1e-3
+        assert np.abs(s.fmri - expected).max() < 1e-5
 
 
 def test_paper_pairing_and_bandpower_from_cache(ingested: Path, tmp_path: Path, tiny_root: Path):

@@ -48,7 +48,7 @@ def test_known_trigger_faults_are_repaired_with_a_warning(defects_root: Path, tm
 
 
 def break_dataset(root: Path) -> dict[tuple[str, int], tuple[str, str]]:
-    """Six different faults, one per run; returns (file name, phrase) expected in each error."""
+    """Seven different faults, one per run; returns (file name, phrase) expected in each error."""
     fif = root / STEM.format(s="01", d="meg", r=1, x="meg.fif")
     with open(fif, "r+b") as f:
         f.truncate(fif.stat().st_size // 3)
@@ -69,12 +69,16 @@ def break_dataset(root: Path) -> dict[tuple[str, int], tuple[str, str]]:
     bold = root / STEM.format(s="03", d="func", r=2, x="bold.nii.gz")
     with open(bold, "r+b") as f:
         f.truncate(bold.stat().st_size // 2)
+    bold = root / STEM.format(s="04", d="func", r=2, x="bold.nii.gz")
+    img = nib.load(bold)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bold)  # one 3D volume
     return {("01", 1): ("sub-01_task-RDR_run-1_meg.fif", "cannot read the FIF"),
             ("01", 2): ("sub-01_task-RDR_run-2_events.tsv", "is missing"),
             ("02", 1): ("sub-02_task-RDR_run-1_bold.nii.gz", "TR"),
             ("02", 2): ("sub-02_task-RDR_run-2_meg.fif", "no story events"),
             ("03", 1): ("sub-03_task-RDR_run-1_bold.nii.gz", "NaN"),
-            ("03", 2): ("sub-03_task-RDR_run-2_bold.nii.gz", "cannot read the NIfTI")}
+            ("03", 2): ("sub-03_task-RDR_run-2_bold.nii.gz", "cannot read the NIfTI"),
+            ("04", 2): ("sub-04_task-RDR_run-2_bold.nii.gz", "expected a 4D BOLD run")}
 
 
 def test_a_faulty_run_fails_alone_and_is_redone_once_fixed(tiny_root: Path, tmp_path: Path, ray_session,
@@ -91,16 +95,16 @@ def test_a_faulty_run_fails_alone_and_is_redone_once_fixed(tiny_root: Path, tmp_
     for key, (name, phrase) in expected.items():
         assert name in failed[key] and phrase in failed[key], failed[key]
         assert f"FAILED: {failed[key]}" in printed
-    assert [(r["subject"], r["run"]) for r in index.runs] == [("04", 1), ("04", 2)]
-    assert index.count("held_out") == 40
+    assert [(r["subject"], r["run"]) for r in index.runs] == [("04", 1)]
+    assert index.count("held_out") == 20
     # fix one run: only that run is decoded again, the others are not redone
     shutil.copy(tiny_root / STEM.format(s="01", d="func", r=2, x="events.tsv"),
                 root / STEM.format(s="01", d="func", r=2, x="events.tsv"))
     report = run_ingest(IngestConfig(root, out), progress=False)
     by_run = {(r["subject"], r["run"]): r for r in report.results}
     assert by_run[("01", 2)]["ok"] and by_run[("01", 2)]["decoded"]
-    assert by_run[("04", 1)].get("resumed") and by_run[("04", 2)].get("resumed")
-    assert len(report.failed) == 5
+    assert by_run[("04", 1)].get("resumed") and not by_run[("04", 1)]["decoded"]
+    assert len(report.failed) == 6
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -12,8 +12,6 @@ from hypothesis.extra import numpy as hnp
 from meg2fmri.ingest.kernels import (
     NonFiniteError,
     correlate_slices,
-    normalise_float16,
-    normalise_float16_numpy,
     slice_correlation,
     slice_correlation_numpy,
     slice_means,
@@ -112,12 +110,3 @@ def test_bilinear_resize_matches_torch(shape, size):
                                                mode="bilinear", align_corners=False)[0, 0].numpy()
     assert np.allclose(resize_bilinear(image, size), expected, atol=1e-6)
 
-
-@pytest.mark.parametrize(("lo", "hi"), [(-32768, 32767), (0, 1500), (123, 1234), (-5, 3)])
-def test_float16_normalisation_is_bit_identical_to_numpy(lo, hi):
-    """Every int16 value, including results that round to float16 subnormals, zero and inf."""
-    every = np.arange(-32768, 32768, dtype=np.int16).reshape(2, 2, 128, 128)
-    ours = normalise_float16(every, lo, hi)
-    reference = normalise_float16_numpy(every, lo, hi)
-    assert ours.dtype == np.float16
-    assert np.array_equal(ours.view(np.uint16), reference.view(np.uint16))
