@@ -73,13 +73,15 @@ def start_ray(config: IngestConfig):
 
 
 def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
-    """``ingest_run`` in a Ray worker, with numba's threads limited to the CPUs Ray gave the task
-    (otherwise every task would use every core and they would fight)."""
+    """``ingest_run`` in a Ray worker, with numba's and blosc's threads limited to the CPUs Ray
+    gave the task (otherwise every task would use every core and they would fight)."""
     import numba
+    import numcodecs.blosc
     import ray
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    numba.set_num_threads(max(1, min(int(cpus), numba.config.NUMBA_NUM_THREADS)))
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+    numcodecs.blosc.set_nthreads(cpus)
     return ingest_run(task, config)
 
 
