@@ -16,6 +16,7 @@ def id_list(text: str) -> tuple[str, ...] | None:
 
 
 def run_list(text: str) -> tuple[int, ...] | None:
+    """``all`` (None), ``1,2,5`` or ranges like ``1-10`` (sorted, without repeats)."""
     if text == "all":
         return None
     runs: set[int] = set()

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from meg2fmri.ingest.cli import run_list
 from meg2fmri.shards.errors import Meg2fmriError
 
 from .config import N_STORIES, PRESETS, SUBJECT_IDS, Coupling, SynthConfig, estimated_bytes
@@ -21,16 +22,8 @@ def parse_subjects(text: str) -> tuple[str, ...]:
 
 def parse_runs(text: str) -> tuple[int, ...]:
     """``all``, ``1,2,5`` or ranges like ``1-10``."""
-    if text == "all":
-        return tuple(range(1, N_STORIES + 1))
-    runs: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            runs.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"runs must look like 1,2,5 or 1-10 or all, got {text!r}") from None
-    return tuple(sorted(set(runs)))
+    runs = run_list(text)
+    return tuple(range(1, N_STORIES + 1)) if runs is None else runs
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
