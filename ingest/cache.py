@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec
 
 from meg2fmri.shards.errors import InputError, IntegrityError
 
+from .atomic import replace_dir
 from .bids_io import RunFiles, StoryEvent
 from .preprocess import MEG_SFREQ, FmriRun, MegRun
 
@@ -114,11 +115,7 @@ def write_run(root: Path, files: RunFiles, meg: MegRun, fmri: FmriRun, story: St
         "fmri_value_range": list(fmri.value_range), "warnings": meg.warnings,
         "sources": {"meg": source_stamp(files.meg), "bold": source_stamp(files.bold)},
     })
-    old = root / f".{files.name}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 @dataclass

@@ -131,8 +131,9 @@ class FmriRun:
 
 
 
-def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, float]:
-    """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array) and TR."""
+def load_bold(files: RunFiles, tr_sidecar: float) -> np.ndarray:
+    """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array), its header
+    TR checked against the sidecar's."""
     path = files.bold
     try:
         if path.name.endswith(".gz"):  # ISA-L inflates about twice as fast as zlib
@@ -151,11 +152,11 @@ def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, float]:
     if abs(tr - tr_sidecar) > TR_TOLERANCE:
         raise RunInputError(f"{path}: TR {tr:.4f} s in the header but RepetitionTime {tr_sidecar} s in "
                             f"{files.bold_json.name}; fix the header or the sidecar")
-    return data.T, tr_sidecar
+    return data.T
 
 
 def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
-    volumes, tr = load_bold(files, tr_sidecar)
+    volumes = load_bold(files, tr_sidecar)
     if volumes.dtype == np.int16:
         means = slice_means(volumes)
     else:
@@ -165,4 +166,4 @@ def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
     lo, hi = float(volumes.min()), float(volumes.max())
     if hi <= lo:
         raise RunInputError(f"{files.bold}: the run is constant ({lo}); nothing to normalise")
-    return FmriRun(volumes, (means - lo) / (hi - lo), tr, (lo, hi))
+    return FmriRun(volumes, (means - lo) / (hi - lo), tr_sidecar, (lo, hi))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from meg2fmri.shards.errors import InputError, OutputExistsError
 
+from ..atomic import replace_dir
 from . import bids, fmri, meg
 from .config import DEFECT_RUNS, MEG_SFREQ, RunPlan, SynthConfig, estimated_bytes
 from .sources import DRIVE_SFREQ, bold_drive, canonical_hrf, story_sources
@@ -184,7 +185,7 @@ def write_dataset(config: SynthConfig, overwrite: bool = False, jobs: int = 1,
         stories = sorted({(p.run, p.story_duration) for p in plans})
         runs = run_tasks(config, plans, stories, tmp, jobs, progress)
         write_truth_description(config, tmp, runs)
-        replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -221,11 +222,3 @@ def run_tasks(config: SynthConfig, plans: list[RunPlan], stories: list[tuple[int
             bar.close()
     return runs
 
-
-def replace(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` is removed only after the move."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
