@@ -27,9 +27,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from meg2fmri.shards.atomic import replace_dir
 from meg2fmri.shards.errors import InputError, IntegrityError
 
-from .atomic import replace_dir
 from .bids_io import RunFiles, StoryEvent
 from .preprocess import MEG_SFREQ, FmriRun, MegRun
 

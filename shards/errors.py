@@ -32,3 +32,7 @@ class IntegrityError(Meg2fmriError, OSError):
 
 class ShardIntegrityError(IntegrityError):
     """A shard does not match its index entry."""
+
+
+class ShardReadError(Meg2fmriError, OSError):
+    """A shard could not be read from its storage, after retries (network, server, permissions)."""

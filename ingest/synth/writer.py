@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from meg2fmri.shards.atomic import replace_dir
 from meg2fmri.shards.errors import InputError, OutputExistsError
 
-from ..atomic import replace_dir
 from . import bids, fmri, meg
 from .config import DEFECT_RUNS, MEG_SFREQ, RunPlan, SynthConfig, estimated_bytes
 from .sources import DRIVE_SFREQ, bold_drive, canonical_hrf, story_sources

@@ -1,0 +1,198 @@
+"""``ShardDataset``: a torch IterableDataset that yields whole batches, gathered from strided shard views.
+
+Each DataLoader worker (or the main process) computes the epoch plan (``plan.py``), takes its own
+batches, fetches the shards they need (ahead, in a background thread, so downloads overlap
+decoding) and gathers a chunk of batches at a time with ``np.take`` into freshly allocated (pinned,
+when asked) buffers; the batches it yields are views of those buffers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from meg2fmri.shards.errors import IntegrityError, ShardReadError
+
+from .decode import SampleLayout, ShardArrays, shard_arrays
+from .kernels import gather_rows
+from .plan import EpochPlan, epoch_plan, worker_batches
+from .storage import LocalStore, S3Store
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What an epoch looks like; the same on every rank (only ``rank`` differs)."""
+
+    batch_size: int = 32
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer: int = 4096  # samples permuted together (bounded memory: the shards they span)
+    meta: bool = False  # also decode each sample's JSON metadata (per-sample Python: slower)
+    on_corrupt: str = "raise"  # or "skip": leave out a corrupt shard's samples, warn, count them
+    chunk_samples: int = 2048  # samples gathered per np.take round (latency vs per-call overhead)
+    lookahead: int = 2  # shards fetched ahead of use
+
+    def __post_init__(self):
+        if self.on_corrupt not in ("raise", "skip"):
+            raise ValueError(f"on_corrupt must be 'raise' or 'skip', not {self.on_corrupt!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """Batches of one split, for one rank; set ``epoch`` and ``start`` (batches to skip) before iterating."""
+
+    def __init__(self, store: LocalStore | S3Store, split: str, config: StreamConfig, *, rank: int = 0,
+                 world: int = 1, pin_memory: bool = False, index=None):
+        self.store, self.split, self.config = store, split, config
+        self.index = index or store.read_index()
+        self.entries = [e for e in self.index.shards if e.split == split]
+        counts = np.array([e.count for e in self.entries], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.counts = counts
+        self.layout = SampleLayout.from_index(self.index)
+        self.rank, self.world, self.pin_memory = rank, world, pin_memory
+        self.epoch, self.start = 0, 0
+        # Local (memory-mapped) shards stay open across epochs: checked once, then free to reuse.
+        # Remote shards are fetched again each epoch and released after their last use.
+        self.opened: dict[int, ShardArrays] = {}
+        self.keep_open = isinstance(store, LocalStore)
+
+    def __len__(self) -> int:  # batches per rank per epoch (the same on every rank)
+        return self.plan().batches
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        c = self.config
+        return epoch_plan(self.counts, seed=c.seed, epoch=self.epoch if epoch is None else epoch,
+                          rank=self.rank, world=self.world, batch_size=c.batch_size, shuffle=c.shuffle,
+                          shuffle_buffer=c.shuffle_buffer)
+
+    def __iter__(self) -> Iterator[dict]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def chunks(self) -> Iterator[list[dict]]:
+        """This worker's batches, a gathered chunk (``chunk_samples``) at a time."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 0)
+        plan = self.plan()
+        mine = list(worker_batches(plan.batches, self.start, worker, workers))
+        chunks, current, filled = [], [], 0
+        for j in mine:
+            current.append(j)
+            filled += plan.bounds[j + 1] - plan.bounds[j]
+            if filled >= self.config.chunk_samples:
+                chunks.append(current)
+                current, filled = [], 0
+        if current:
+            chunks.append(current)
+        pin = self.pin_memory and info is None and torch.cuda.is_available()
+        with ShardFetcher(self, [self._slots(plan, chunk) for chunk in chunks]) as fetcher:
+            for i, chunk in enumerate(chunks):
+                yield self._gather(plan, chunk, fetcher.arrays(i), pin)
+
+    def _slots(self, plan: EpochPlan, chunk: list[int]) -> np.ndarray:
+        ids = np.concatenate([plan.batch(j) for j in chunk])
+        return np.unique(np.searchsorted(self.starts, ids, side="right") - 1)
+
+    def _gather(self, plan: EpochPlan, chunk: list[int], arrays: dict[int, ShardArrays | None],
+                pin: bool) -> list[dict]:
+        ids = np.concatenate([plan.batch(j) for j in chunk])
+        slot = np.searchsorted(self.starts, ids, side="right") - 1
+        keep = None
+        if None in arrays.values():
+            keep = np.array([arrays[s] is not None for s in slot], dtype=bool)
+        sizes = np.array([plan.bounds[j + 1] - plan.bounds[j] for j in chunk])
+        if keep is not None:  # skipped shards: drop their samples, batches shrink, the count stays
+            edges = np.concatenate([[0], np.cumsum(sizes)])
+            sizes = np.array([keep[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
+            ids, slot = ids[keep], slot[keep]
+        local = ids - self.starts[slot]
+        n, lay = len(ids), self.layout
+        meg = torch.empty((n, lay.width), dtype=torch.float32, pin_memory=pin)
+        fmri = torch.empty((n, 1, lay.size, lay.size), dtype=torch.float32, pin_memory=pin)
+        meg_np, fmri_np = meg.numpy(), fmri.numpy()[:, 0]
+        # ids are sorted within each batch (plan), so each shard's rows are runs: one np.take per run
+        cuts = np.flatnonzero(np.diff(slot)) + 1
+        fmri_rows = fmri_np.reshape(n, lay.size * lay.size)
+        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [n]]), strict=True):
+            shard = arrays[slot[a]]
+            gather_rows(shard.meg, local[a:b], meg_np[a:b])
+            gather_rows(shard.pixels, local[a:b], fmri_rows[a:b])
+        index = torch.from_numpy(ids)
+        edges = np.concatenate([[0], np.cumsum(sizes)])
+        batches = []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            batch = {"meg": meg[a:b], "fmri": fmri[a:b], "index": index[a:b]}
+            if self.config.meta:
+                pairs = zip(slot[a:b], local[a:b], strict=True)
+                batch["meta"] = [arrays[s].metadata([r])[0] for s, r in pairs]
+            batches.append(batch)
+        return batches
+
+
+class ShardFetcher:
+    """Fetches the shards each chunk needs, ``lookahead`` shards ahead, and releases them after last use."""
+
+    def __init__(self, dataset: ShardDataset, needs: list[np.ndarray]):
+        self.dataset, self.needs = dataset, needs
+        self.order = list(dict.fromkeys(int(s) for need in needs for s in need))
+        self.position = {s: i for i, s in enumerate(self.order)}
+        self.last_use = {int(s): i for i, need in enumerate(needs) for s in need}
+        self.futures: dict[int, Future] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.next = 0
+        self.skipped: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for future in self.futures.values():
+            future.cancel()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit_through(self, position: int) -> None:
+        while self.next < len(self.order) and self.next <= position:
+            slot = self.order[self.next]
+            self.next += 1
+            if slot in self.dataset.opened:
+                continue
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fetch")
+            self.futures[slot] = self.pool.submit(self._load, slot)
+
+    def _load(self, slot: int) -> ShardArrays:
+        entry = self.dataset.entries[slot]
+        arrays = shard_arrays(self.dataset.store.shard(entry), entry, self.dataset.layout)
+        if self.dataset.keep_open:
+            self.dataset.opened[slot] = arrays
+        return arrays
+
+    def arrays(self, i: int) -> dict[int, ShardArrays | None]:
+        out = {}
+        for s in self.needs[i]:
+            s = int(s)
+            self._submit_through(self.position[s] + self.dataset.config.lookahead)
+            if s in self.dataset.opened:
+                out[s] = self.dataset.opened[s]
+                continue
+            try:
+                out[s] = self.futures[s].result()
+            except (IntegrityError, ShardReadError) as err:
+                if self.dataset.config.on_corrupt != "skip" or isinstance(err, ShardReadError):
+                    raise
+                entry = self.dataset.entries[s]
+                if entry.name not in self.skipped:
+                    self.skipped.append(entry.name)
+                    warnings.warn(f"skipping {entry.count} samples of {entry.name}: {err}", stacklevel=2)
+                out[s] = None
+        for s in [s for s, last in self.last_use.items() if last <= i and s in self.futures]:
+            self.futures.pop(s)  # the yielded batches are copies: the shard's memory can go
+        return out

@@ -1,0 +1,245 @@
+"""Where shards live: a local folder (path or ``file://``) or an S3 prefix (``s3://bucket/prefix``).
+
+A store reads the index and hands out a shard's bytes as a uint8 numpy array, checked against the
+index: size always, sha256 on download and on a process's first use of a local shard (``verify``).
+
+S3 settings come from the standard AWS environment variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) and
+from ``storage_options`` spelled as for fsspec/s3fs (``key``, ``secret``, ``token``, ``endpoint_url``,
+``client_kwargs={"region_name": ...}``), so the same dict serves our loader and ``s3fs``/``zarr``.
+Objects are fetched with one streaming GET through botocore, read straight into a preallocated
+buffer: on moto's loopback server that measured 1.1 GB/s against 0.7-0.8 GB/s for s3fs ``cat_file``
+or ``open().read()`` of the same 8 MB objects (`bench loader` keeps the comparison honest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from meg2fmri.shards.errors import InputError, ShardIntegrityError, ShardReadError
+from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, read_index, write_atomic
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How shards are fetched and checked (the same for every backend)."""
+
+    storage_options: dict = field(default_factory=dict)  # fsspec/s3fs-style S3 options
+    verify: bool = True  # sha256 of each local/cached shard on this process's first use
+    retries: int = 4  # extra attempts after a failed S3 request
+    backoff_s: float = 0.5  # first wait between attempts; doubles each time
+    cache_dir: str | None = None  # keep downloaded shards here (shared by DataLoader workers)
+    cache_limit_bytes: int | None = None  # evict least recently used cached shards beyond this
+
+
+def sha256_of(buf) -> str:
+    return hashlib.sha256(memoryview(buf)).hexdigest()
+
+
+class LocalStore:
+    """Shards in a local folder, memory-mapped (page-cached reads, nothing copied until a batch)."""
+
+    def __init__(self, root: Path, config: StoreConfig):
+        self.root, self.config = Path(root), config
+        self._verified: set[str] = set()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def read_index(self) -> ShardIndex:
+        return read_index(self.root)
+
+    def shard(self, entry: ShardEntry) -> np.ndarray:
+        path = self.root / entry.name
+        return map_checked(path, entry, verify=self.config.verify and entry.sha256 not in self._verified,
+                           verified=self._verified)
+
+
+def map_checked(path: Path, entry: ShardEntry, *, verify: bool, verified: set[str]) -> np.ndarray:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardIntegrityError(f"{path}: shard listed in the index is missing; re-run `ingest`") from None
+    if size != entry.bytes:
+        raise ShardIntegrityError(f"{path}: {size} bytes, the index says {entry.bytes} (truncated or "
+                                  f"rewritten); re-run `ingest` or `shards verify`")
+    buf = np.memmap(path, dtype=np.uint8, mode="r")
+    if verify:
+        digest = sha256_of(buf)
+        if digest != entry.sha256:
+            raise ShardIntegrityError(f"{path}: sha256 {digest[:12]}... does not match the index "
+                                      f"({entry.sha256[:12]}...): the shard is corrupt; re-run `ingest`")
+        verified.add(entry.sha256)
+    return buf
+
+
+class S3Store:
+    """Shards under an S3 prefix; the index is ``<prefix>/index.json`` (or the ``.json`` URL given)."""
+
+    def __init__(self, url: str, config: StoreConfig):
+        parsed = urlparse(url)
+        if not parsed.netloc:
+            raise InputError(f"{url}: an S3 URL needs a bucket, e.g. s3://my-bucket/shards")
+        self.bucket, path = parsed.netloc, parsed.path.strip("/")
+        if path.endswith(".json"):
+            self.prefix, self.index_key = path.rpartition("/")[0], path
+        else:
+            self.prefix, self.index_key = path, f"{path}/{INDEX_NAME}".lstrip("/")
+        self.config = config
+        self._client, self._pid = None, None
+        self._verified: set[str] = set()
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def __getstate__(self):  # a boto client does not survive pickling or fork: rebuild it per process
+        return {**self.__dict__, "_client": None, "_pid": None}
+
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            self._client, self._pid = s3_client(self.config.storage_options), os.getpid()
+        return self._client
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def read_index(self) -> ShardIndex:
+        import json
+
+        data = self.get(self.index_key, None)
+        try:
+            return ShardIndex.from_json(json.loads(bytes(data)), source=f"s3://{self.bucket}/{self.index_key}")
+        except ValueError as err:
+            raise ShardIntegrityError(f"s3://{self.bucket}/{self.index_key}: not a valid index "
+                                      f"({err})") from None
+
+    def get(self, key: str, size: int | None) -> np.ndarray:
+        """The object's bytes, retried with exponential backoff; ``ShardReadError`` after the last try."""
+        from botocore.exceptions import ClientError
+
+        url, wait, last = f"s3://{self.bucket}/{key}", self.config.backoff_s, None
+        for attempt in range(self.config.retries + 1):
+            try:
+                return self._get_once(key, size)
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                    raise ShardIntegrityError(f"{url}: no such object ({code}); upload the shards and "
+                                              f"their index.json, or fix the URL") from None
+                if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise ShardReadError(f"{url}: access denied ({code}); check AWS credentials") from None
+                last = err
+            except (OSError, ShardReadError) as err:
+                last = err
+            except Exception as err:  # botocore/urllib3 connection errors have no common base
+                if "botocore" not in type(err).__module__ and "urllib3" not in type(err).__module__:
+                    raise
+                last = err
+            if attempt < self.config.retries:
+                time.sleep(wait)
+                wait *= 2
+        raise ShardReadError(f"{url}: could not be read after {self.config.retries + 1} attempts "
+                             f"({type(last).__name__}: {last}); is the S3 endpoint reachable?")
+
+    def _get_once(self, key: str, size: int | None) -> np.ndarray:
+        response = self.client().get_object(Bucket=self.bucket, Key=key)
+        length = int(response["ContentLength"])
+        if size is not None and length != size:
+            response["Body"].close()
+            raise ShardIntegrityError(f"s3://{self.bucket}/{key}: {length} bytes, the index says {size}")
+        buf = np.empty(length, dtype=np.uint8)
+        view, got, raw = memoryview(buf), 0, response["Body"]._raw_stream
+        while got < length:
+            n = raw.readinto(view[got:])
+            if not n:
+                raise ShardReadError(f"s3://{self.bucket}/{key}: connection ended after {got} "
+                                     f"of {length} bytes")
+            got += n
+        return buf
+
+    def shard(self, entry: ShardEntry) -> np.ndarray:
+        cache = self.config.cache_dir
+        if cache is not None:
+            path = Path(cache) / f"{entry.sha256}.tar"
+            if path.exists():
+                os.utime(path)  # least-recently-used order for eviction
+                first_use = entry.sha256 not in self._verified
+                return map_checked(path, entry, verify=self.config.verify and first_use,
+                                   verified=self._verified)
+        buf = self.get(self.key(entry.name), entry.bytes)
+        digest = sha256_of(buf)
+        if digest != entry.sha256:
+            raise ShardIntegrityError(f"s3://{self.bucket}/{self.key(entry.name)}: sha256 {digest[:12]}... "
+                                      f"does not match the index ({entry.sha256[:12]}...): corrupt upload")
+        if cache is not None:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(cache) / f"{entry.sha256}.tar", buf.tobytes())
+            self._verified.add(entry.sha256)
+            evict(Path(cache), self.config.cache_limit_bytes)
+        return buf
+
+
+def evict(cache: Path, limit: int | None) -> None:
+    """Delete least recently used ``*.tar`` files until the folder holds at most ``limit`` bytes."""
+    if limit is None:
+        return
+    files = []
+    for path in cache.glob("*.tar"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # another worker evicted it first
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)  # an open memmap keeps its pages; only the name goes
+        total -= size
+
+
+def s3_client(options: dict):
+    """A botocore S3 client from fsspec/s3fs-style options; anything unset falls back to AWS env vars."""
+    import boto3
+    from botocore.config import Config
+
+    options = dict(options)
+    client_kwargs = dict(options.pop("client_kwargs", {}))
+    known = {"key": "aws_access_key_id", "secret": "aws_secret_access_key", "token": "aws_session_token",
+             "endpoint_url": "endpoint_url"}
+    for name, boto_name in known.items():
+        if options.get(name) is not None:
+            client_kwargs[boto_name] = options.pop(name)
+    options.pop("anon", None)
+    if options:
+        raise InputError(f"storage_options {sorted(options)} are not understood; use key, secret, token, "
+                         f"endpoint_url or client_kwargs")
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+                    max_pool_connections=16)
+    return boto3.session.Session().client("s3", config=config, **client_kwargs)
+
+
+def open_store(source: str | Path, config: StoreConfig | None = None) -> LocalStore | S3Store:
+    """A store for a local folder / ``index.json`` path, a ``file://`` URL or an ``s3://`` URL."""
+    config = config or StoreConfig()
+    text = str(source)
+    scheme = urlparse(text).scheme if "://" in text else ""
+    if scheme == "s3":
+        return S3Store(text, config)
+    if scheme == "file":
+        text = urlparse(text).path
+    elif scheme:
+        raise InputError(f"{source}: unsupported URL scheme {scheme!r}; use a local path, file:// or s3://")
+    path = Path(text)
+    if path.name.endswith(".json"):
+        path = path.parent
+    return LocalStore(path, config)
