@@ -1,7 +1,6 @@
 """``bench``: throughput measured side by side against the alternatives a user would pick.
 
-``bench kernels`` and ``bench ingest`` are here; ``bench loader`` and ``bench train`` arrive with
-issues #4 and #5.
+``bench kernels``, ``bench ingest`` and ``bench loader`` are here; ``bench train`` arrives with issue #5.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PENDING = {"loader": 4, "train": 5}
+PENDING = {"train": 5}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for the demo dataset and the ingest outputs")
     ingest.add_argument("--subjects", default=None, help="comma-separated subset, e.g. 01,02 (default: all)")
     ingest.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration")
+    loader = sub.add_parser("loader", help="our loader vs webdataset, MNE+nibabel, S3, Zarr, memcpy",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    loader.add_argument("--bids-root", type=Path, default=None,
+                        help="dataset to ingest for the shards (default: synth's demo preset in --work)")
+    loader.add_argument("--work", type=Path, default=Path("bench-work"),
+                        help="folder for the demo dataset, its shards and the Zarr copy (reused if present)")
+    loader.add_argument("--repeats", type=int, default=5, help="timed repeats per row (median reported)")
+    loader.add_argument("--min-seconds", type=float, default=0.3,
+                        help="each repeat runs whole epochs until this much time has passed")
+    loader.add_argument("--paper-samples", type=int, default=4, help="samples timed for paper_style")
+    loader.add_argument("--png", type=Path, default=None,
+                        help="bar chart (default: beside --json, or WORK/bench-loader.png)")
     for name, issue in PENDING.items():
         sub.add_parser(name, help=f"not implemented yet (issue #{issue})")
     for one in sub.choices.values():
@@ -48,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         from .kernels import run
 
         rows, notes = run(args.repeats)
+    elif args.which == "loader":
+        from .loader_bench import run
+
+        png = args.png or (args.json.with_suffix(".png") if args.json else args.work / "bench-loader.png")
+        rows, notes = run(args.work, args.bids_root, args.repeats, args.min_seconds, args.paper_samples, png)
     else:
         from .ingest_bench import run
 

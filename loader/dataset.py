@@ -36,6 +36,7 @@ class StreamConfig:
     on_corrupt: str = "raise"  # or "skip": leave out a corrupt shard's samples, warn, count them
     chunk_samples: int = 2048  # samples gathered per np.take round (latency vs per-call overhead)
     lookahead: int = 2  # shards fetched ahead of use
+    fetch_threads: int = 2  # concurrent shard reads (S3 GETs) per process
 
     def __post_init__(self):
         if self.on_corrupt not in ("raise", "skip"):
@@ -58,6 +59,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.layout = SampleLayout.from_index(self.index)
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
         self.epoch, self.start = 0, 0
+        self._plan: tuple[int, EpochPlan] | None = None
         # Local (memory-mapped) shards stay open across epochs: checked once, then free to reuse.
         # Remote shards are fetched again each epoch and released after their last use.
         self.opened: dict[int, ShardArrays] = {}
@@ -67,10 +69,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return self.plan().batches
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        c = self.config
-        return epoch_plan(self.counts, seed=c.seed, epoch=self.epoch if epoch is None else epoch,
-                          rank=self.rank, world=self.world, batch_size=c.batch_size, shuffle=c.shuffle,
-                          shuffle_buffer=c.shuffle_buffer)
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan[0] != epoch:  # the main process and the reader share it
+            c = self.config
+            self._plan = epoch, epoch_plan(self.counts, seed=c.seed, epoch=epoch, rank=self.rank,
+                                           world=self.world, batch_size=c.batch_size, shuffle=c.shuffle,
+                                           shuffle_buffer=c.shuffle_buffer)
+        return self._plan[1]
 
     def __iter__(self) -> Iterator[dict]:
         for chunk in self.chunks():
@@ -117,13 +122,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
         meg = torch.empty((n, lay.width), dtype=torch.float32, pin_memory=pin)
         fmri = torch.empty((n, 1, lay.size, lay.size), dtype=torch.float32, pin_memory=pin)
         meg_np, fmri_np = meg.numpy(), fmri.numpy()[:, 0]
-        # ids are sorted within each batch (plan), so each shard's rows are runs: one np.take per run
-        cuts = np.flatnonzero(np.diff(slot)) + 1
+        # one kernel call per (shard, array) for the whole chunk: the rows it gives, and where they go
         fmri_rows = fmri_np.reshape(n, lay.size * lay.size)
-        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [n]]), strict=True):
-            shard = arrays[slot[a]]
-            gather_rows(shard.meg, local[a:b], meg_np[a:b])
-            gather_rows(shard.pixels, local[a:b], fmri_rows[a:b])
+        by_shard = np.argsort(slot, kind="stable")
+        cuts = np.flatnonzero(np.diff(slot[by_shard])) + 1
+        for positions in np.split(by_shard, cuts):
+            if len(positions) == 0:
+                continue
+            shard = arrays[slot[positions[0]]]
+            gather_rows(shard.meg, local[positions], positions, meg_np)
+            gather_rows(shard.pixels, local[positions], positions, fmri_rows)
         index = torch.from_numpy(ids)
         edges = np.concatenate([[0], np.cumsum(sizes)])
         batches = []
@@ -165,7 +173,8 @@ class ShardFetcher:
             if slot in self.dataset.opened:
                 continue
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fetch")
+                self.pool = ThreadPoolExecutor(max_workers=self.dataset.config.fetch_threads,
+                                               thread_name_prefix="shard-fetch")
             self.futures[slot] = self.pool.submit(self._load, slot)
 
     def _load(self, slot: int) -> ShardArrays:

@@ -75,6 +75,7 @@ class ShardArrays:
     meg: np.ndarray  # (count, width) float32, strided view
     fmri: np.ndarray  # (count, size, size) float32, strided view
     meta: np.ndarray  # (count, META_BYTES) uint8
+    names: np.ndarray  # (count, 100) uint8: the tar name field of each sample's MEG member
 
     @property
     def pixels(self) -> np.ndarray:
@@ -83,7 +84,9 @@ class ShardArrays:
         return rows
 
     def metadata(self, rows: np.ndarray) -> list[dict]:
-        return [json.loads(bytes(self.meta[r])) for r in rows]
+        """The samples' JSON metadata, with their ``key`` added."""
+        return [{**json.loads(bytes(self.meta[r])), "key": _member_name(self.names[r]).split(".", 1)[0]}
+                for r in rows]
 
 
 def _strided(buf: np.ndarray, offset: int, shape: tuple, stride: int, dtype) -> np.ndarray:
@@ -125,4 +128,5 @@ def shard_arrays(buf: np.ndarray, entry: ShardEntry, layout: SampleLayout) -> Sh
     meg = _strided(buf, layout.data[MEG_MEMBER], (count, layout.width), stride, SAMPLE_DTYPE)
     fmri = _strided(buf, layout.data[FMRI_MEMBER], (count, layout.size, layout.size), stride, SAMPLE_DTYPE)
     meta = _strided(buf, layout.data[META_MEMBER], (count, META_BYTES), stride, np.uint8)
-    return ShardArrays(entry.name, meg, fmri, meta)
+    names = _strided(buf, layout.headers[MEG_MEMBER], (count, 100), stride, np.uint8)
+    return ShardArrays(entry.name, meg, fmri, meta, names)

@@ -12,15 +12,16 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def gather_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """``out[i] = source[rows[i]]`` for 2-D float32 ``source (count, n)`` (any row stride), ``out (m, n)``."""
+def gather_rows(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+    """``out[positions[i]] = source[rows[i]]`` for 2-D float32 ``source (count, n)`` (any row stride)
+    and ``out (m, n)``: one call moves every row a chunk takes from one shard, wherever it goes."""
     n = source.shape[1]
     for i in range(rows.shape[0]):
-        r = rows[i]
+        r, p = rows[i], positions[i]
         for k in range(n):
-            out[i, k] = source[r, k]
+            out[p, k] = source[r, k]
 
 
-def gather_rows_numpy(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+def gather_rows_numpy(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
     """Reference for ``gather_rows``."""
-    out[:] = source[rows]
+    out[positions] = source[rows]

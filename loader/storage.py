@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,6 +26,17 @@ import numpy as np
 
 from meg2fmri.shards.errors import InputError, ShardIntegrityError, ShardReadError
 from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, read_index, write_atomic
+
+READ_CHUNK = 1 << 20  # bytes per socket read; each is hashed while the next one arrives
+_HASHERS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """This process's hashing thread (a pool inherited through fork() has no thread behind it)."""
+    pid = os.getpid()
+    if pid not in _HASHERS:
+        _HASHERS[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    return _HASHERS[pid]
 
 
 @dataclass(frozen=True)
@@ -115,15 +127,16 @@ class S3Store:
     def read_index(self) -> ShardIndex:
         import json
 
-        data = self.get(self.index_key, None)
+        data, _ = self.get(self.index_key, None)
         try:
             return ShardIndex.from_json(json.loads(bytes(data)), source=f"s3://{self.bucket}/{self.index_key}")
         except ValueError as err:
             raise ShardIntegrityError(f"s3://{self.bucket}/{self.index_key}: not a valid index "
                                       f"({err})") from None
 
-    def get(self, key: str, size: int | None) -> np.ndarray:
-        """The object's bytes, retried with exponential backoff; ``ShardReadError`` after the last try."""
+    def get(self, key: str, size: int | None) -> tuple[np.ndarray, str]:
+        """The object's bytes and sha256, retried with exponential backoff; ``ShardReadError`` after the
+        last try. The hash is computed as the bytes arrive (hashlib releases the GIL), hiding its cost."""
         from botocore.exceptions import ClientError
 
         url, wait, last = f"s3://{self.bucket}/{key}", self.config.backoff_s, None
@@ -150,21 +163,27 @@ class S3Store:
         raise ShardReadError(f"{url}: could not be read after {self.config.retries + 1} attempts "
                              f"({type(last).__name__}: {last}); is the S3 endpoint reachable?")
 
-    def _get_once(self, key: str, size: int | None) -> np.ndarray:
+    def _get_once(self, key: str, size: int | None) -> tuple[np.ndarray, str]:
         response = self.client().get_object(Bucket=self.bucket, Key=key)
         length = int(response["ContentLength"])
         if size is not None and length != size:
             response["Body"].close()
             raise ShardIntegrityError(f"s3://{self.bucket}/{key}: {length} bytes, the index says {size}")
         buf = np.empty(length, dtype=np.uint8)
-        view, got, raw = memoryview(buf), 0, response["Body"]._raw_stream
-        while got < length:
-            n = raw.readinto(view[got:])
-            if not n:
-                raise ShardReadError(f"s3://{self.bucket}/{key}: connection ended after {got} "
-                                     f"of {length} bytes")
-            got += n
-        return buf
+        view, got, raw, digest = memoryview(buf), 0, response["Body"]._raw_stream, hashlib.sha256()
+        hashed = []  # one hashing thread, fed in order, runs while the next chunk arrives
+        try:
+            while got < length:
+                n = raw.readinto(view[got:got + READ_CHUNK])
+                if not n:
+                    raise ShardReadError(f"s3://{self.bucket}/{key}: connection ended after {got} "
+                                         f"of {length} bytes")
+                hashed.append(_hasher().submit(digest.update, view[got:got + n]))
+                got += n
+        finally:
+            for future in hashed:
+                future.result()
+        return buf, digest.hexdigest()
 
     def shard(self, entry: ShardEntry) -> np.ndarray:
         cache = self.config.cache_dir
@@ -175,8 +194,7 @@ class S3Store:
                 first_use = entry.sha256 not in self._verified
                 return map_checked(path, entry, verify=self.config.verify and first_use,
                                    verified=self._verified)
-        buf = self.get(self.key(entry.name), entry.bytes)
-        digest = sha256_of(buf)
+        buf, digest = self.get(self.key(entry.name), entry.bytes)
         if digest != entry.sha256:
             raise ShardIntegrityError(f"s3://{self.bucket}/{self.key(entry.name)}: sha256 {digest[:12]}... "
                                       f"does not match the index ({entry.sha256[:12]}...): corrupt upload")

@@ -75,3 +75,57 @@ def ingested(tiny_root: Path, tmp_path_factory, ray_session) -> Path:
     code = ingest_cli.main(args)
     assert code == 0
     return out
+
+
+def start_moto():
+    """A real S3-protocol server (moto) on a free loopback port, with its request log silenced."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
+
+
+def upload_folder(endpoint: str, folder: Path, bucket: str, prefix: str) -> str:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if path.is_file() and not any(p == "cache.zarr" or p.startswith(".") for p in relative):
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    """Credentials for the loopback server, through the standard AWS variables (as users set them)."""
+    values = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+              "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_env):
+    server, endpoint = start_moto()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_shards(s3_server, ingested) -> tuple[str, dict]:
+    """The ``ingested`` shards uploaded to the loopback server: (URL, storage_options)."""
+    url = upload_folder(s3_server, ingested, "meg2fmri-test", "tiny/windows")
+    return url, {"endpoint_url": s3_server}

@@ -41,5 +41,20 @@ def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
 
 
 def test_pending_benches_say_so(capsys):
-    assert bench_cli.main(["loader"]) == 2
-    assert "issue #4" in capsys.readouterr().err
+    assert bench_cli.main(["train"]) == 2
+    assert "issue #5" in capsys.readouterr().err
+
+
+def test_bench_loader_json_and_chart(tiny_root: Path, tmp_path: Path):
+    out = tmp_path / "loader.json"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", "loader", "--bids-root", str(tiny_root),
+           "--work", str(tmp_path / "work"), "--repeats", "1", "--min-seconds", "0.01",
+           "--paper-samples", "1", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = check_shape(out, ["paper_style", "webdataset_plain", "loader_local", "loader_local_b256",
+                             "loader_s3", "loader_s3_b256", "s3_raw", "zarr_map", "memcpy"])
+    assert all(r["mb_per_s"] > 0 for r in rows)
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "loader_s3 / s3_raw" in result.stdout

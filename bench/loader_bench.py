@@ -1,0 +1,309 @@
+"""``bench loader``: samples/s delivered as batches, side by side, from the same page-cached shards.
+
+Rows (throughput in samples/s; ``mb_per_s`` is MEG + fMRI float32 payload delivered per second):
+
+- ``paper_style``: per sample, open the FIF with MNE and the NIfTI with nibabel and cut the pair
+  (a 2-s MEG window averaged per channel, one volume's slice resized), as a per-sample loader would;
+- ``webdataset_plain``: ``webdataset.WebDataset(shards).decode()`` + torch DataLoader, the better of
+  0 and 2 workers (persistent workers, so their start-up is not counted);
+- ``loader_local``: our ``ShardLoader``, shuffled, from the local folder;
+- ``loader_s3`` / ``s3_raw``: our loader from moto's S3 server on loopback (in its own process), and
+  the fastest plain GET loop of the same objects (boto3 ``read()`` or s3fs ``cat_file``, whichever is
+  faster here); the loader also checks each shard's sha256, the plain loop does not;
+- ``zarr_map``: the map-style ``ZarrSamples`` through a shuffling DataLoader;
+- ``memcpy``: ``np.copyto`` of 256 MB, this machine's copy bandwidth.
+
+The demo preset is ingested with 100 samples per shard (9 train shards): with the default 1,000 the
+900 training samples fit one shard, and no reader could overlap one shard's download with another's
+decoding. Every timing is the median of ``repeats`` after a warm-up; each repeat runs whole epochs until
+``min_seconds`` have passed, so short epochs are timed over many.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meg2fmri.ingest.bids_io import find_runs
+from meg2fmri.ingest.pairing import resize_bilinear
+from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
+from meg2fmri.loader.decode import SampleLayout, shard_arrays
+from meg2fmri.loader.storage import open_store
+from meg2fmri.loader.zarr_samples import ZarrSamples, collate_batch, export_zarr
+from meg2fmri.shards.index import ShardIndex, read_index
+
+from .report import row
+
+
+def rate(epoch, repeats: int, min_seconds: float) -> tuple[float, list[float]]:
+    """Median samples/s of ``epoch()`` (which returns the samples it delivered) over timed repeats."""
+    epoch()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start, samples = time.perf_counter(), 0
+        while True:
+            samples += epoch()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        rates.append(samples / elapsed)
+    return statistics.median(rates), rates
+
+
+def memcpy_mb_per_s(repeats: int) -> float:
+    src = np.ones(256 << 20, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return src.nbytes / 1e6 / statistics.median(times[1:])
+
+
+def paper_style(bids_root: Path, shards: Path, index: ShardIndex, samples: int) -> list[float]:
+    """Seconds per sample when each sample opens the FIF and the NIfTI itself."""
+    import mne
+    import nibabel as nib
+
+    files = {(f.subject, f.run): f for f in find_runs(bids_root)[0]}
+    entry = next(e for e in index.shards if e.split == "train")
+    arrays = shard_arrays(open_store(shards).shard(entry), entry, SampleLayout.from_index(index))
+    times = []
+    for meta in arrays.metadata(np.linspace(0, entry.count - 1, samples).astype(int)):
+        start = time.perf_counter()
+        f = files[(meta["subject"], meta["run"])]
+        raw = mne.io.read_raw_fif(f.meg, preload=False, verbose="error")
+        first = int(meta["meg_sample"] * raw.info["sfreq"] / 100)
+        meg = raw.get_data(start=first, stop=first + int(2 * raw.info["sfreq"])).mean(axis=1)
+        volume = np.asarray(nib.load(f.bold).dataobj[..., meta["fmri_volume"]], dtype=np.float32)
+        image = resize_bilinear(volume[:, :, meta["slice"]], index.image_size)
+        times.append(time.perf_counter() - start)
+        del raw, meg, image
+    return times
+
+
+def webdataset_epoch(urls: list[str], batch_size: int, workers: int):
+    import webdataset as wds
+
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         persistent_workers=workers > 0)
+
+    def epoch() -> int:
+        n = 0
+        for batch in loader:
+            n += len(batch["meg.npy"])
+        return n
+    return epoch
+
+
+def loader_epoch(loader: ShardLoader):
+    def epoch() -> int:
+        loader.set_epoch(loader.epoch)
+        n = 0
+        for batch in loader:
+            n += len(batch["index"])
+        return n
+    return epoch
+
+
+def s3_raw_epochs(endpoint: str, bucket: str, keys: list[str], samples: int, threads: int) -> dict:
+    """Plain GET loops over the same objects: boto3 ``read()`` one after another and with as many
+    threads as the loader fetches with, and s3fs ``cat_file``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    import s3fs
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    pool = ThreadPoolExecutor(threads)
+
+    def get(key: str) -> bytes:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def with_boto3() -> int:
+        for key in keys:
+            get(key)
+        return samples
+
+    def with_boto3_threads() -> int:
+        list(pool.map(get, keys))
+        return samples
+
+    def with_s3fs() -> int:
+        for key in keys:
+            fs.cat_file(f"{bucket}/{key}")
+        return samples
+    return {"boto3": with_boto3, f"boto3_{threads}threads": with_boto3_threads, "s3fs": with_s3fs}
+
+
+def zarr_epoch(path: Path, batch_size: int):
+    loader = torch.utils.data.DataLoader(ZarrSamples(path, "train"), batch_size=batch_size, shuffle=True,
+                                         collate_fn=collate_batch)
+
+    def epoch() -> int:
+        return sum(len(batch["index"]) for batch in loader)
+    return epoch
+
+
+SHARD_SAMPLES = 100  # several shards per epoch, as any real dataset has, so reads can overlap
+
+
+def ensure_shards(work: Path, bids_root: Path | None) -> tuple[Path, Path]:
+    """(BIDS root, shard folder): the demo preset and its ingest, made once in ``work``."""
+    from .ingest_bench import demo_dataset
+
+    root = bids_root or demo_dataset(work)
+    shards = work / ("loader-demo-shards" if bids_root is None else "loader-shards")
+    if not (shards / "index.json").is_file():
+        import ray
+
+        from meg2fmri.ingest.driver import run_ingest
+        from meg2fmri.ingest.pipeline import IngestConfig
+
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False, log_to_driver=False)
+        try:
+            report = run_ingest(IngestConfig(root, shards, shard_samples=SHARD_SAMPLES), progress=False)
+        finally:
+            ray.shutdown()
+        if report.failed:
+            raise RuntimeError(f"bench loader: ingest failed for {report.failed}")
+    return root, shards
+
+
+def moto_process():
+    """moto's S3 server in its own process on a free loopback port (a real S3 server does not share
+    the client's interpreter; moto in a thread of this process would take the client's GIL)."""
+    import socket
+    import subprocess
+    import sys
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for _ in range(300):
+        try:
+            client.list_buckets()
+            return server, endpoint
+        except Exception:  # not listening yet
+            time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError("bench loader: moto's S3 server did not start in 30 s")
+
+
+def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
+        paper_samples: int = 4, png: Path | None = None) -> tuple[list[dict], list[str]]:
+    work.mkdir(parents=True, exist_ok=True)
+    root, shards = ensure_shards(work, bids_root)
+    index = read_index(shards)
+    layout = SampleLayout.from_index(index)
+    payload = layout.payload_bytes
+    train = [e for e in index.shards if e.split == "train"]
+    n_train = sum(e.count for e in train)
+    for e in train:  # page-cache the shards for every reader alike
+        (shards / e.name).read_bytes()
+    rows, rates = [], {}
+
+    def add(name: str, samples_per_s: float, runs: list[float], **extra) -> None:
+        rates[name] = samples_per_s
+        rows.append(row(name, 1 / samples_per_s, samples_per_s, "samples/s",
+                        mb_per_s=samples_per_s * payload / 1e6, **extra))
+
+    times = paper_style(root, shards, index, paper_samples)
+    add("paper_style", 1 / statistics.median(times), times, batch_size=1)
+
+    urls = [str(shards / e.name) for e in train]
+    best = max(((w, *rate(webdataset_epoch(urls, 32, w), repeats, min_seconds)) for w in (0, 2)),
+               key=lambda t: t[1])
+    add("webdataset_plain", best[1], best[2], batch_size=32, workers=best[0])
+
+    for batch_size in (32, 256):
+        loader = ShardLoader(shards, "train", StreamConfig(batch_size=batch_size), device="cpu")
+        value, runs = rate(loader_epoch(loader), repeats, min_seconds)
+        add("loader_local" if batch_size == 32 else "loader_local_b256", value, runs, batch_size=batch_size)
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)
+    server, endpoint = moto_process()
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="meg2fmri-bench")
+        client.upload_file(str(shards / "index.json"), "meg2fmri-bench", "demo/index.json")
+        for e in train:
+            client.upload_file(str(shards / e.name), "meg2fmri-bench", f"demo/{e.name}")
+        store = StoreConfig(storage_options={"endpoint_url": endpoint})
+        s3_rates = {}
+        for batch_size in (32, 256):
+            loader = ShardLoader("s3://meg2fmri-bench/demo", "train", StreamConfig(batch_size=batch_size),
+                                 store, device="cpu")
+            value, runs = rate(loader_epoch(loader), repeats, min_seconds)
+            s3_rates[batch_size] = (value, runs)
+        raw = {name: rate(fn, repeats, min_seconds) for name, fn in
+               s3_raw_epochs(endpoint, "meg2fmri-bench", [f"demo/{e.name}" for e in train], n_train,
+                             StreamConfig().fetch_threads).items()}
+    finally:
+        server.terminate()
+        server.wait()
+    add("loader_s3", *s3_rates[32], batch_size=32)
+    add("loader_s3_b256", *s3_rates[256], batch_size=256)
+    client_name = max(raw, key=lambda k: raw[k][0])
+    add("s3_raw", *raw[client_name], client=client_name,
+        **{f"{name}_samples_per_s": round(v[0]) for name, v in raw.items()})
+
+    zarr_path = export_zarr(shards, work / "loader-samples.zarr", progress=False, overwrite=True)
+    add("zarr_map", *rate(zarr_epoch(zarr_path, 32), repeats, min_seconds), batch_size=32)
+
+    memcpy = memcpy_mb_per_s(repeats)
+    rows.append(row("memcpy", 256 * 2**20 / 1e6 / memcpy, memcpy, "MB/s", mb_per_s=memcpy))
+
+    c, local_mb = rates["loader_local"], rates["loader_local"] * payload / 1e6
+    notes = [
+        f"shards: {shards} ({n_train} train samples, {payload} payload bytes each)",
+        f"loader_local / webdataset_plain = {c / rates['webdataset_plain']:.0f}x (target >= 50x)",
+        f"loader_local / paper_style = {c / rates['paper_style']:.0f}x (target >= 10,000x)",
+        f"loader_s3 / s3_raw = {rates['loader_s3'] / rates['s3_raw']:.0%} (target >= 80%)",
+        f"loader_local payload = {local_mb:.0f} MB/s = {local_mb / memcpy:.0%} of memcpy (target >= 25%); "
+        f"at batch 256: {rates['loader_local_b256'] * payload / 1e6 / memcpy:.0%}",
+    ]
+    if png is not None:
+        bar_chart(rows, png)
+        notes.append(f"chart: {png}")
+    return rows, notes
+
+
+def bar_chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r["unit"] == "samples/s"]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.2))
+    ax.barh([r["name"] for r in shown], [r["throughput"] for r in shown], color="#4a7ab5")
+    for i, r in enumerate(shown):
+        ax.text(r["throughput"], i, f" {r['throughput']:,.0f}", va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("samples/s delivered (log scale; median of repeats, same shards)")
+    ax.set_title("bench loader")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,93 @@
+"""``shards``: check, describe and convert the shards that ``ingest`` wrote (local, file:// or s3://).
+
+    shards verify demo-output/ingest             # sha256 + layout of every shard; exit 1 if any is bad
+    shards info s3://bucket/shards --endpoint-url http://127.0.0.1:9000
+    shards to-zarr demo-output/ingest demo-output/samples.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from meg2fmri.shards.errors import Meg2fmriError
+
+from .decode import SampleLayout, shard_arrays
+from .storage import StoreConfig, open_store
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="shards", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("source", help="shard folder or index.json: a path, file:// or s3://bucket/prefix URL")
+        p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS itself)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    common(sub.add_parser("verify", help="check each shard's size, sha256 and layout against the index"))
+    common(sub.add_parser("info", help="print the index summary: counts, split, features, shards"))
+    to_zarr = sub.add_parser("to-zarr", help="write the samples as a random-access Zarr group")
+    common(to_zarr)
+    to_zarr.add_argument("out", help="local folder for the Zarr group")
+    to_zarr.add_argument("--rows-per-chunk", type=int, default=64, help="samples per chunk (default: 64)")
+    to_zarr.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT")
+    return parser.parse_args(argv)
+
+
+def verify(source: str, config: StoreConfig, progress: bool) -> int:
+    store = open_store(source, config)
+    index = store.read_index()
+    layout = SampleLayout.from_index(index)
+    bad = []
+    for entry in tqdm(index.shards, desc="verify", unit="shard", disable=not progress):
+        try:
+            shard_arrays(store.shard(entry), entry, layout)
+        except Meg2fmriError as err:
+            bad.append((entry, err))
+    for entry, err in bad:
+        print(f"BAD  {entry.name} ({entry.count} samples): {err}")
+    good = sum(e.count for e in index.shards) - sum(e.count for e, _ in bad)
+    print(f"{len(index.shards) - len(bad)} of {len(index.shards)} shards ok ({good} samples); "
+          f"{len(bad)} bad ({sum(e.count for e, _ in bad)} samples)")
+    return 1 if bad else 0
+
+
+def info(source: str, config: StoreConfig) -> int:
+    index = open_store(source, config).read_index()
+    print(f"dataset   {index.dataset.get('name', '?')} ({index.dataset.get('fingerprint', '')[:12]})")
+    print(f"features  {index.features['kind']} x {index.features['width']}; images {index.image_size}^2")
+    for split, subjects in index.split.items():
+        n = sum(1 for e in index.shards if e.split == split)
+        print(f"{split:9s} {index.count(split)} samples in {n} shards; subjects {', '.join(subjects)}")
+    if index.failed:
+        print(f"failed    {len(index.failed)} runs: " + ", ".join(f"sub-{f['subject']} run-{f['run']}"
+                                                            for f in index.failed))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    config = StoreConfig(storage_options=options)
+    try:
+        if args.command == "verify":
+            return verify(args.source, config, not args.quiet)
+        if args.command == "info":
+            return info(args.source, config)
+        from .zarr_samples import export_zarr
+
+        out = export_zarr(args.source, args.out, store=config, rows_per_chunk=args.rows_per_chunk,
+                          progress=not args.quiet, overwrite=args.overwrite)
+        print(f"zarr samples: {out}")
+        return 0
+    except Meg2fmriError as err:
+        print(f"shards: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

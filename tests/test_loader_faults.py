@@ -1,0 +1,168 @@
+"""Corrupt, truncated and unreachable shards: always an error naming the shard, or a counted skip."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import start_moto, upload_folder
+
+from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
+from meg2fmri.loader import cli as shards_cli
+from meg2fmri.loader.zarr_samples import ZarrSamples, collate_batch, export_zarr
+from meg2fmri.shards.errors import ShardIntegrityError, ShardReadError
+from meg2fmri.shards.format import read_shard
+from meg2fmri.shards.index import read_index
+
+
+@pytest.fixture
+def shard_copy(ingested, tmp_path) -> Path:
+    """A private copy of the ingested shards and index, safe to damage."""
+    out = tmp_path / "shards"
+    shutil.copytree(ingested, out, ignore=shutil.ignore_patterns("cache.zarr", ".*"))
+    return out
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def drain(loader) -> list[dict]:
+    return list(loader)
+
+
+def test_flipped_byte_is_caught_by_sha256_and_named(shard_copy):
+    flip_byte(shard_copy / "shards/train-000001.tar", 5000)  # inside a sample's fMRI payload
+    with pytest.raises(ShardIntegrityError, match=r"train-000001\.tar: sha256 .* corrupt"):
+        drain(ShardLoader(shard_copy, "train", device="cpu"))
+    assert shards_cli.main(["verify", str(shard_copy), "--quiet"]) == 1
+
+
+def test_truncated_shard_is_named(shard_copy, capsys):
+    path = shard_copy / "shards/train-000002.tar"
+    path.write_bytes(path.read_bytes()[:-3000])
+    with pytest.raises(ShardIntegrityError, match=r"train-000002\.tar: .* bytes, the index says .*truncated"):
+        drain(ShardLoader(shard_copy, "train", device="cpu", num_workers=2))
+    assert shards_cli.main(["verify", str(shard_copy), "--quiet"]) == 1
+    assert "BAD  shards/train-000002.tar (20 samples)" in capsys.readouterr().out
+
+
+def test_damaged_header_is_caught_without_sha256(shard_copy):
+    flip_byte(shard_copy / "shards/train-000000.tar", 257)  # the first member's ustar magic
+    with pytest.raises(ShardIntegrityError, match=r"train-000000\.tar: a meg\.npy tar header is damaged"):
+        drain(ShardLoader(shard_copy, "train", store=StoreConfig(verify=False), device="cpu"))
+
+
+def test_skip_policy_leaves_out_the_corrupt_shard_and_counts_it(shard_copy):
+    flip_byte(shard_copy / "shards/train-000000.tar", 3000)
+    loader = ShardLoader(shard_copy, "train", StreamConfig(batch_size=7, on_corrupt="skip"), device="cpu")
+    with pytest.warns(UserWarning, match=r"skipping 30 samples of shards/train-000000\.tar"):
+        batches = drain(loader)
+    assert len(batches) == len(loader)  # the epoch keeps its length (DDP ranks stay in step)
+    ids = torch.cat([b["index"] for b in batches]).tolist()
+    assert sorted(ids) == list(range(30, 80)) and loader.skipped == 30
+
+
+def test_verify_passes_clean_shards_and_reads_s3(s3_shards, capsys):
+    url, options = s3_shards
+    assert shards_cli.main(["verify", url, "--endpoint-url", options["endpoint_url"], "--quiet"]) == 0
+    assert "6 of 6 shards ok (160 samples)" in capsys.readouterr().out
+
+
+def test_s3_server_stopped_mid_epoch_retries_then_names_the_shard(ingested, aws_env):
+    server, endpoint = start_moto()
+    url = upload_folder(endpoint, ingested, "meg2fmri-stopped", "shards")
+    store = StoreConfig(storage_options={"endpoint_url": endpoint}, retries=2, backoff_s=0.05)
+    stream = StreamConfig(batch_size=10, shuffle=False, chunk_samples=10, lookahead=0)
+    loader = ShardLoader(url, "train", stream, store, device="cpu", prefetch=1)
+    batches = iter(loader)
+    try:
+        first = next(batches)  # shard 0 fetched
+        assert first["index"].tolist() == list(range(10))
+    finally:
+        server.stop()
+    started = time.monotonic()
+    with pytest.raises(ShardReadError, match=r"s3://meg2fmri-stopped/shards/shards/train-000001\.tar: "
+                                             r"could not be read after 3 attempts"):
+        for _ in batches:
+            pass
+    assert time.monotonic() - started >= 0.05 + 0.1  # it waited between attempts (backoff 0.05 s, 0.1 s)
+
+
+def test_s3_disk_cache_respects_its_limit_and_serves_the_next_epoch(s3_shards, tmp_path, ingested):
+    url, options = s3_shards
+    sizes = [e.bytes for e in read_index(ingested).shards if e.split == "train"]
+    cache = tmp_path / "cache"
+    store = StoreConfig(storage_options=options, cache_dir=str(cache), cache_limit_bytes=max(sizes) * 2)
+    loader = ShardLoader(url, "train", StreamConfig(batch_size=16), store, device="cpu")
+    first = [b["meg"].clone() for b in loader]
+    assert sum(p.stat().st_size for p in cache.glob("*.tar")) <= max(sizes) * 2
+    loader.set_epoch(0)
+    again = [b["meg"] for b in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["path", "s3"])
+def test_zarr_map_dataset_holds_the_same_samples(ingested, tmp_path, backend, s3_server):
+    out = export_zarr(ingested, tmp_path / "samples.zarr", progress=False)
+    index = read_index(ingested)
+    expected = [s for e in index.shards if e.split == "held_out" for s in read_shard(ingested / e.name)]
+    if backend == "s3":
+        url = upload_folder(s3_server, out, "meg2fmri-zarr", "samples.zarr")
+        dataset = ZarrSamples(url, "held_out", storage_options={"endpoint_url": s3_server}, meta=True)
+    else:
+        dataset = ZarrSamples(out, "held_out", meta=True)
+    assert len(dataset) == len(expected)
+    item = dataset[7]
+    assert np.array_equal(item["meg"].numpy(), expected[7].meg)
+    assert item["meta"]["run"] == expected[7].meta["run"]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=9, shuffle=True, collate_fn=collate_batch)
+    seen = 0
+    for batch in loader:
+        for i, fmri in zip(batch["index"], batch["fmri"], strict=True):
+            assert np.array_equal(fmri[0].numpy(), expected[int(i)].fmri)
+            seen += 1
+    assert seen == len(expected)
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch, torch.distributed as dist
+from meg2fmri.loader import ShardLoader, StreamConfig
+dist.init_process_group("gloo")
+loader = ShardLoader(sys.argv[1], "train", StreamConfig(batch_size=7, seed=9, meta=True), device="cpu")
+keys, steps = [], 0
+for batch in loader:
+    keys += [m["key"] for m in batch["meta"]]
+    dist.all_reduce(torch.ones(1))  # a collective per step: a rank with fewer batches would hang here
+    steps += 1
+with open(os.path.join(sys.argv[2], f"rank{dist.get_rank()}.json"), "w") as f:
+    json.dump({"keys": keys, "steps": steps, "world": dist.get_world_size(), "len": len(loader)}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_gloo_ranks_see_disjoint_complete_splits(ingested, tmp_path):
+    import json
+
+    script = tmp_path / "ddp_keys.py"
+    script.write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(script), str(ingested), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world"] == 2 for r in ranks)
+    assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["len"]
+    assert not set(ranks[0]["keys"]) & set(ranks[1]["keys"])
+    expected = sorted(s.key for e in read_index(ingested).shards if e.split == "train"
+                      for s in read_shard(ingested / e.name))
+    assert sorted(ranks[0]["keys"] + ranks[1]["keys"]) == expected
