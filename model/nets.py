@@ -1,0 +1,63 @@
+"""The paper's conditional GAN (sections 3.3-3.4): an MLP generator and a conditional PatchGAN critic.
+
+Images are stored in [0, 1] (shards); the generator ends in Tanh, so training maps targets to
+[-1, 1] with ``to_tanh`` and predictions back with ``from_tanh`` before any metric.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def to_tanh(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return image * 2 - 1
+
+
+def from_tanh(image: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return (image + 1) / 2
+
+
+class Generator(nn.Module):
+    """MEG vector ``(B, width)`` -> image ``(B, 1, S, S)`` in [-1, 1]: three linear layers, ReLU, Tanh.
+
+    Hidden sizes follow the paper's code (328 -> 512 -> 1024 -> S*S)."""
+
+    def __init__(self, width: int, size: int, hidden: tuple[int, int] = (512, 1024)):
+        super().__init__()
+        self.width, self.size = width, size
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden[0]), nn.ReLU(inplace=True),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
+            nn.Linear(hidden[1], size * size), nn.Tanh(),
+        )
+
+    def forward(self, meg: torch.Tensor) -> torch.Tensor:
+        return self.net(meg).view(-1, 1, self.size, self.size)
+
+
+class Discriminator(nn.Module):
+    """(MEG vector, image) -> logits of a map of patch real/fake probabilities.
+
+    The MEG vector is projected by a linear layer to an ``S x S`` map and stacked with the image as
+    a second channel; strided convolutions with BatchNorm and LeakyReLU(0.2) reduce it to a
+    ``(S/8) x (S/8)`` map of logits (sigmoid applied by the loss: ``BCEWithLogitsLoss``)."""
+
+    def __init__(self, width: int, size: int, channels: int = 64):
+        super().__init__()
+        self.size = size
+        self.condition = nn.Linear(width, size * size)
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(2, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * c, 4 * c, 4, stride=2, padding=1), nn.BatchNorm2d(4 * c),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(4 * c, 1, 3, stride=1, padding=1),
+        )
+
+    def forward(self, meg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        condition = self.condition(meg).view(-1, 1, self.size, self.size)
+        return self.net(torch.cat([condition, image], dim=1))
