@@ -45,14 +45,15 @@ class Discriminator(nn.Module):
     a second channel; strided convolutions with BatchNorm and LeakyReLU(0.2) reduce it to a
     ``(S/8) x (S/8)`` map of logits (sigmoid applied by the loss: ``BCEWithLogitsLoss``)."""
 
-    def __init__(self, width: int, size: int, channels: int = 64):
+    def __init__(self, width: int, size: int, channels: int = 32):
         super().__init__()
         self.size = size
         self.condition = nn.Linear(width, size * size)
         c = channels
         self.net = nn.Sequential(
             nn.Conv2d(2, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.BatchNorm2d(2 * c),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(2 * c, 4 * c, 4, stride=2, padding=1), nn.BatchNorm2d(4 * c),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(4 * c, 1, 3, stride=1, padding=1),

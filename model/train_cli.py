@@ -1,6 +1,9 @@
-"""``train``: the paper's cGAN trained by streaming from shards.
+"""``train``: the paper's cGAN (or a control variant) trained by streaming from local or s3:// shards.
 
-Not implemented yet: tracked in issue #5. The command answers ``--help`` now.
+Examples:
+    train --shards demo-output/ingest --out runs/cgan
+    train --shards s3://bucket/shards --endpoint-url http://127.0.0.1:9000 --out runs/cgan --resume
+    torchrun --nproc-per-node 2 -m meg2fmri.model.train_cli --shards ... --out ...   # DDP
 """
 
 from __future__ import annotations
@@ -8,20 +11,61 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meg2fmri.shards.errors import Meg2fmriError
+
+from .train import VARIANTS, TrainConfig, train
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train",
-        description="Train the MEG->fMRI cGAN from local or s3:// shards. (Not implemented yet: issue #5.)")
-    p.add_argument("--shards", help="shard index: local path, file:// or s3:// URL")
-    p.add_argument("--out", help="run folder for checkpoints and logs")
+    d = TrainConfig(shards="", out="")
+    p = argparse.ArgumentParser(prog="train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl")
+    p.add_argument("--variant", choices=VARIANTS, default=d.variant,
+                   help="cgan; no_adversarial (the generator with MSE only); shuffled (MEG vectors permuted "
+                        f"within each batch: does the MEG carry information?) (default: {d.variant})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (paper: 125; default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"(paper: 32; default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"Adam learning rate (paper: 1e-4; default: {d.lr})")
+    p.add_argument("--lr-step-epochs", type=int, default=d.lr_step_epochs,
+                   help=f"halve the learning rate every N epochs (paper: 20; default: {d.lr_step_epochs})")
+    p.add_argument("--recon-weight", type=float, default=d.recon_weight,
+                   help="weight of the MSE term against the adversarial BCE (paper's code: 1; default "
+                        f"{d.recon_weight}, as pix2pix, so reconstruction is not drowned by BCE)")
+    p.add_argument("--meg-only", action="store_true", help="use the 306 MEG channels' features only")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed for weights and data order (default: {d.seed})")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help=f"steps between checkpoints, besides each epoch end (default: {d.checkpoint_every})")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many steps (with a checkpoint)")
+    p.add_argument("--workers", type=int, default=d.num_workers,
+                   help="DataLoader workers (default: 0, a thread)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("train: not implemented yet (issue #5)", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
+                         recon_weight=args.recon_weight, meg_only=args.meg_only, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+                         num_workers=args.workers, device=args.device, resume=args.resume,
+                         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else {})
+    try:
+        path = train(config, progress=not args.quiet)
+    except Meg2fmriError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 1
+    print(f"train: checkpoint {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""The trainer: resumes bit-exactly on CPU, logs the loader's report card, refuses bad inputs early."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from meg2fmri.model import train_cli
+from meg2fmri.model.train import TrainConfig, train
+from meg2fmri.shards.errors import InputError
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["generator"]
+
+
+@pytest.mark.parametrize("variant", ["cgan", "shuffled"])
+def test_stopped_and_resumed_run_ends_with_the_same_weights(ingested, tmp_path, variant):
+    base = dict(shards=str(ingested), epochs=2, batch_size=16, seed=4, variant=variant, device="cpu")
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **base), progress=False)
+    part = tmp_path / "part"
+    train(TrainConfig(out=str(part), max_steps=7, **base), progress=False)  # stops inside epoch 2
+    state = torch.load(part / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 7 and state["loader"]["epoch"] == 1 and state["loader"]["position"] == 2
+    resumed = train(TrainConfig(out=str(part), resume=True, **base), progress=False)
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (part / "log.jsonl").read_text().splitlines()
+             if "epoch_end" not in line]
+    assert steps == list(range(1, 11))  # 80 samples / 16 = 5 steps per epoch, none repeated
+
+
+def test_log_has_losses_lr_and_data_wait(ingested, tmp_path):
+    train(TrainConfig(shards=str(ingested), out=str(tmp_path / "run"), epochs=1, batch_size=16, device="cpu"),
+          progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    step, end = records[0], records[-1]
+    assert {"loss_d", "loss_g_adv", "loss_g_mse", "lr", "samples_per_s", "data_wait"} <= set(step)
+    assert end["epoch_end"] == 0 and 0 <= end["data_wait_fraction"] <= 1
+
+
+def test_bad_inputs_fail_before_training(ingested, tmp_path, capsys):
+    missing = ["--shards", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), "--quiet"]
+    assert train_cli.main(missing) == 1
+    assert "no shard index" in capsys.readouterr().err
+    run = tmp_path / "run"
+
+    def config(shards=ingested, **kw) -> TrainConfig:
+        return TrainConfig(**{"shards": str(shards), "out": str(run), "epochs": 2, "batch_size": 16,
+                              "device": "cpu", **kw})
+
+    train(config(epochs=1), progress=False)
+    with pytest.raises(InputError, match="a run is already here"):
+        train(config(), progress=False)
+    with pytest.raises(InputError, match="batch_size=16"):  # other settings than the checkpoint's loader
+        train(config(batch_size=8, resume=True), progress=False)
+    other = tmp_path / "other-version"
+    shutil.copytree(ingested, other, ignore=shutil.ignore_patterns("cache.zarr", ".*"))
+    index = json.loads((other / "index.json").read_text())
+    index["shards"][0]["sha256"] = "0" * 64  # an index of another dataset version
+    (other / "index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="index_id"):
+        train(config(shards=other, resume=True), progress=False)
+    with pytest.raises(InputError, match="checkpoint is for 328 features"):
+        train(config(resume=True, meg_only=True), progress=False)
