@@ -1,28 +1,55 @@
-"""``evaluate``: MSE, SSIM and baselines on the held-out subjects.
+"""``evaluate``: score the trained variants and baselines on the held-out subjects.
 
-Not implemented yet: tracked in issue #5. The command answers ``--help`` now.
+Example:
+    evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval --json results.json
+
+Writes OUT/results.json, OUT/results.md (the table), OUT/pairs.png (real vs predicted held-out
+slices) and OUT/training_curves.png, and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from meg2fmri.shards.errors import Meg2fmriError
+
+from .evaluate import EvalConfig, evaluate, markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="evaluate",
-        description="Score a trained model on the held-out subjects beside honest baselines. "
-        "(Not implemented yet: issue #5.)")
-    p.add_argument("--shards", help="shard index: local path, file:// or s3:// URL")
-    p.add_argument("--out", help="run folder of the trained model")
+    p = argparse.ArgumentParser(prog="evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
+    p.add_argument("--runs", required=True,
+                   help="folder with a run folder per variant: cgan/ (required), no_adversarial/, shuffled/")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and the figures")
+    p.add_argument("--json", type=Path, default=None, help="also write the results JSON here")
+    p.add_argument("--mask-fraction", type=float, default=0.2,
+                   help="brain mask: mean training image above this fraction of its max (default: 0.2)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("evaluate: not implemented yet (issue #5)", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out, mask_fraction=args.mask_fraction,
+                        bootstrap=args.bootstrap,
+                        storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
+    try:
+        result = evaluate(config)
+    except Meg2fmriError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 1
+    print(markdown(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"evaluate: results and figures in {args.out} "
+          "(results.md, results.json, pairs.png, training_curves.png)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -208,7 +208,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             checkpoint()
             break
         sched_g.step()
-        sched_d.step()
+        if config.variant != "no_adversarial":  # its critic never steps
+            sched_d.step()
         if log is not None:
             record = {"epoch_end": epoch, "step": step, "data_wait_fraction": wait / max(busy, 1e-9),
                       "lr": opt_g.param_groups[0]["lr"], "seconds": busy}
