@@ -42,10 +42,11 @@ def voxel_r(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     """Mean over mask pixels of the correlation over time (samples of one run, in time order).
 
     A pixel whose prediction does not vary over time has correlation 0 (it follows nothing)."""
-    p, r = pred[:, mask], real[:, mask]
+    p, r = pred[:, mask].astype(np.float64), real[:, mask].astype(np.float64)
+    varies = (np.ptp(p, axis=0) > 0) & (np.ptp(r, axis=0) > 0)
     p, r = p - p.mean(axis=0), r - r.mean(axis=0)
     denom = np.sqrt((p ** 2).sum(axis=0) * (r ** 2).sum(axis=0))
-    corr = np.where(denom > 1e-12, (p * r).sum(axis=0) / np.where(denom > 1e-12, denom, 1), 0.0)
+    corr = np.where(varies, (p * r).sum(axis=0) / np.where(varies, denom, 1), 0.0)
     return float(corr.mean())
 
 

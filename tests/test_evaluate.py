@@ -1,0 +1,50 @@
+"""``evaluate`` on trained tiny runs: the agreed JSON shape, honest baselines, figures on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from meg2fmri.model import evaluate_cli
+from meg2fmri.model.metrics import bootstrap_ci, per_image, voxel_r
+from meg2fmri.model.train import TrainConfig, train
+
+
+def test_evaluate_writes_rows_intervals_and_figures(ingested, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for variant in ("cgan", "no_adversarial", "shuffled"):
+        train(TrainConfig(shards=str(ingested), out=str(runs / variant), variant=variant, epochs=1,
+                          batch_size=16, device="cpu"), progress=False)
+    out, report = tmp_path / "eval", tmp_path / "results.json"
+    args = ["--shards", str(ingested), "--runs", str(runs), "--out", str(out), "--json", str(report),
+            "--bootstrap", "200"]
+    assert evaluate_cli.main(args) == 0
+    result = json.loads(report.read_text())
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["cgan", "no_adversarial", "shuffled", "mean_image", "ridge"]
+    for r in result["rows"]:
+        assert {"mse", "ssim", "psnr", "pearson", "mse_ci", "ssim_ci", "voxel_r"} <= set(r)
+        assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
+    assert result["settings"]["ssim"]["data_range"] == 1.0
+    assert result["settings"]["held_out_subjects"] == ["02", "04"]
+    mean_row = next(r for r in result["rows"] if r["name"] == "mean_image")
+    assert mean_row["voxel_r"] == 0.0  # the same image every time follows nothing
+    for name in ("pairs.png", "training_curves.png", "results.md"):
+        assert (out / name).stat().st_size > 500
+    assert "| cgan |" in capsys.readouterr().out
+
+
+def test_metrics_on_known_images():
+    rng = np.random.default_rng(0)
+    real = rng.uniform(0, 1, (6, 16, 16))
+    mask = np.ones((16, 16), dtype=bool)
+    perfect = per_image(real, real, mask)
+    assert np.allclose(perfect["mse"], 0) and np.allclose(perfect["ssim"], 1)
+    assert np.allclose(perfect["pearson"], 1)
+    noisy = per_image(np.clip(real + rng.normal(0, 0.1, real.shape), 0, 1), real, mask)
+    assert (noisy["ssim"] < 0.99).all() and (noisy["mse"] > 0).all()
+    assert np.isclose(voxel_r(real, real, mask), 1.0)
+    assert voxel_r(np.broadcast_to(real[0], real.shape), real, mask) == 0.0
+    lo, hi = bootstrap_ci(np.arange(100.0), rng)
+    assert lo < 49.5 < hi
