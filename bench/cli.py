@@ -1,6 +1,6 @@
 """``bench``: throughput measured side by side against the alternatives a user would pick.
 
-``bench kernels``, ``bench ingest`` and ``bench loader`` are here; ``bench train`` arrives with issue #5.
+``bench kernels``, ``bench ingest``, ``bench loader`` and ``bench train``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PENDING = {"train": 5}
+PENDING: dict[str, int] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--paper-samples", type=int, default=4, help="samples timed for paper_style")
     loader.add_argument("--png", type=Path, default=None,
                         help="bar chart (default: beside --json, or WORK/bench-loader.png)")
+    train = sub.add_parser("train", help="training samples/s: loader local vs S3 vs in-memory tensors",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--bids-root", type=Path, default=None,
+                       help="dataset to ingest for the shards (default: synth's demo preset in --work)")
+    train.add_argument("--work", type=Path, default=Path("bench-work"),
+                       help="folder for the demo dataset and its shards (shared with bench loader)")
+    train.add_argument("--steps", type=int, default=200, help="training steps timed per configuration")
+    train.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     for name, issue in PENDING.items():
         sub.add_parser(name, help=f"not implemented yet (issue #{issue})")
     for one in sub.choices.values():
@@ -59,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from .kernels import run
 
         rows, notes = run(args.repeats)
+    elif args.which == "train":
+        from .train_bench import run
+
+        rows, notes = run(args.work, args.bids_root, args.steps, args.repeats)
     elif args.which == "loader":
         from .loader_bench import run
 

@@ -40,9 +40,15 @@ def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
     assert "ingest (1 worker) / read-only" in result.stdout
 
 
-def test_pending_benches_say_so(capsys):
-    assert bench_cli.main(["train"]) == 2
-    assert "issue #5" in capsys.readouterr().err
+def test_bench_train_json(tiny_root: Path, tmp_path: Path):
+    out = tmp_path / "train.json"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", "train", "--bids-root", str(tiny_root),
+           "--work", str(tmp_path / "work"), "--steps", "8", "--repeats", "1", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_shape(out, ["train_in_memory", "train_local", "train_s3"])
+    assert "local / in-memory" in result.stdout
 
 
 def test_bench_loader_json_and_chart(tiny_root: Path, tmp_path: Path):
