@@ -30,24 +30,27 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # The demo's slice is 47: the axial slice through the synthetic sources' peak (ingest's automatic
-# choice follows noise on synthetic data). Band-power features: the synthetic coupling drives BOLD
-# by the MEG sources' band envelopes, which a plain window mean averages away. A short schedule:
-# 30 epochs, learning rate halved every 10 (the paper: 125 and 20).
+# choice follows noise on synthetic data). Band-power features over 4-s epochs, 7 s before each
+# volume: the synthetic coupling drives BOLD by the MEG sources' band envelopes, which a window mean
+# averages away and a 0.64-s epoch barely samples. A short schedule: 30 epochs, learning rate
+# halved every 10 (the paper: 125 and 20). synth-oracle writes the noise-free truth (the ceiling).
 DEMO_SLICE ?= 47
 DEMO_EPOCHS ?= 30
 demo: $(VENV)/.installed
 	$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite
 	rm -rf $(DEMO_DIR)/ingest $(DEMO_DIR)/runs $(DEMO_DIR)/eval
 	$(BIN)/ingest --bids-root $(DEMO_DIR)/bids --out $(DEMO_DIR)/ingest --subjects all \
-		--features bandpower --slice $(DEMO_SLICE)
+		--features bandpower --epoch 4 --lag 7 --slice $(DEMO_SLICE)
 	for variant in cgan no_adversarial shuffled; do \
 		$(BIN)/train --shards $(DEMO_DIR)/ingest --out $(DEMO_DIR)/runs/$$variant --variant $$variant \
 			--epochs $(DEMO_EPOCHS) --lr-step-epochs 10 --quiet || exit 1; \
 	done
-	$(BIN)/evaluate --shards $(DEMO_DIR)/ingest --runs $(DEMO_DIR)/runs --out $(DEMO_DIR)/eval
+	$(BIN)/synth-oracle --bids-root $(DEMO_DIR)/bids --ingest $(DEMO_DIR)/ingest --out $(DEMO_DIR)/oracle.npz
+	$(BIN)/evaluate --shards $(DEMO_DIR)/ingest --runs $(DEMO_DIR)/runs --out $(DEMO_DIR)/eval \
+		--oracle $(DEMO_DIR)/oracle.npz
 	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
 	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest; runs (checkpoints, log.jsonl) in $(DEMO_DIR)/runs"
-	@echo "demo: results $(DEMO_DIR)/eval/results.md; figures $(DEMO_DIR)/eval/pairs.png, $(DEMO_DIR)/eval/training_curves.png"
+	@echo "demo: results $(DEMO_DIR)/eval/results.md; figures $(DEMO_DIR)/eval/*.png (pairs, training_curves, slice_selection)"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ingest shards loader model bench tests

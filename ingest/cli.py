@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     pairing.add_argument("--size", type=int, default=32, help="output slice size in pixels (bilinear)")
     pairing.add_argument("--stride", type=float, default=2.0, help="windows: seconds between epochs")
     pairing.add_argument("--lag", type=float, default=5.0, help="windows: hemodynamic lag in seconds")
+    pairing.add_argument("--epoch", type=float, default=0.64,
+                         help="windows: seconds of MEG per sample (the paper's epoch: 0.64)")
     pairing.add_argument("--slice", type=int, default=None,
                          help="fixed axial slice (0-based) for every run instead of the correlation choice")
     p.add_argument("--held-out", type=id_list, default=None, metavar="01,02",
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = IngestConfig(
             bids_root=args.bids_root, out=args.out, subjects=args.subjects, runs=args.runs,
-            pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice),
+            pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice,
+                                  args.epoch),
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             shard_samples=args.shard_samples, workers=args.workers, ray_address=args.ray_address)
         report = run_ingest(config, progress=not args.quiet)

@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm import tqdm
 
 from meg2fmri.shards.errors import InputError
@@ -55,6 +56,12 @@ def result_of_done(config: IngestConfig, subject: str, run: int) -> dict:
     attrs = cache.read_run(config.out / cache.CACHE_NAME, subject, run).attrs
     return {"subject": subject, "run": run, "ok": True, "count": len(meta), "slice": meta[0]["slice"],
             "decoded": False, "resumed": True, "warnings": attrs["warnings"]}
+
+
+def slice_profile(config: IngestConfig, subject: str, run: int) -> list[float]:
+    """Per-slice correlation of the slice means with the MEG profile (the paper's Fig. 1)."""
+    with np.load(pairs_dir(config) / f"sub-{subject}_run-{run}.npz") as npz:
+        return [round(float(c), 4) if np.isfinite(c) else None for c in npz["correlation"]]
 
 
 def start_ray(config: IngestConfig):
@@ -149,7 +156,8 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
             "image_size": config.pairing.size,
             "split": {"train": [s for s in subjects if s not in held_out], "held_out": list(held_out)},
             "config": config.to_json(),
-            "runs": [{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")}
+            "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
+                      "slice_correlation": slice_profile(config, r["subject"], r["run"])}
                      for r in results if r["ok"]],
             "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
         })

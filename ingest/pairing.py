@@ -46,14 +46,16 @@ class PairingConfig:
     stride: float = 2.0  # s between epochs (windows)
     lag: float = 5.0  # s hemodynamic lag (windows)
     slice: int | None = None  # fixed axial slice; None = chosen by correlation
+    epoch: float = EPOCH_SAMPLES / 100  # s of MEG per sample (windows; the paper: 0.64)
 
     def __post_init__(self) -> None:
         if self.pairing not in ("windows", "paper"):
             raise InputError(f"--pairing must be 'windows' or 'paper', got {self.pairing!r}")
         if self.features not in ("mean", "bandpower"):
             raise InputError(f"--features must be 'mean' or 'bandpower', got {self.features!r}")
-        if self.size < 4 or self.stride <= 0 or self.lag < 0:
-            raise InputError(f"need --size >= 4, --stride > 0 and --lag >= 0, got {self}")
+        if self.size < 4 or self.stride <= 0 or self.lag < 0 or not 0.1 <= self.epoch <= 30:
+            raise InputError(f"need --size >= 4, --stride > 0, --lag >= 0 and 0.1 <= --epoch <= 30 s, "
+                             f"got {self}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,14 +92,22 @@ def band_power(meg: np.ndarray, sfreq: float) -> np.ndarray:
     return out
 
 
-def epoch_features(meg: np.ndarray, power: np.ndarray | None, start: int) -> np.ndarray:
-    """Feature vector of the epoch starting at MEG sample ``start``."""
-    stop = start + EPOCH_SAMPLES
+def epoch_features(meg: np.ndarray, power: np.ndarray | None, start: int, length: int) -> np.ndarray:
+    """Feature vector of the ``length``-sample epoch starting at MEG sample ``start``: the channel
+    means z-scored across channels (the paper's text), or log band power ``(bands * channels,)``."""
+    stop = start + length
     if power is None:
         vector = meg[:, start:stop].mean(axis=1)
         return zscore_channels_numpy(vector[None, :])[0]
-    log_power = np.log(power[:, :, start:stop].mean(axis=2) + 1e-6)  # (bands, channels)
-    return zscore_channels_numpy(log_power).ravel()
+    return np.log(power[:, :, start:stop].mean(axis=2) + 1e-6).ravel()  # (bands, channels) raveled
+
+
+def standardise_over_time(features: np.ndarray) -> np.ndarray:
+    """Z-score each feature across a run's epochs (log band power): keeps how power changes over
+    the story, which a z-score across channels would remove, and takes out each subject's and
+    channel's own level."""
+    sd = features.std(axis=0)
+    return (features - features.mean(axis=0)) / np.where(sd > 0, sd, 1)
 
 
 @dataclass
@@ -119,6 +129,7 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
     meg_onset = round(a["meg_story_onset_s"] * sfreq)  # MEG sample of story time 0
     fmri_onset = a["fmri_story_onset_s"]
     n_vols, n_slices = run.slice_means.shape
+    length = EPOCH_SAMPLES if config.pairing == "paper" else round(config.epoch * sfreq)
     if config.pairing == "paper":
         if meg_onset < 0:
             warnings.append(f"{run.name}: the MEG file starts {-meg_onset / sfreq:.3f} s after the story; "
@@ -129,7 +140,7 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
             raise InputError(f"{run.name}: {n_vols} volumes, the paper's 64-volume window from volume "
                              f"{first_volume} does not fit")
         volumes = [first_volume + WINDOW_INDEX]
-        epoch = meg[:, starts[0]:starts[0] + EPOCH_SAMPLES]
+        epoch = meg[:, starts[0]:starts[0] + length]
         profile = epoch.mean(axis=0)
         table = run.slice_means[first_volume:first_volume + WINDOW_VOLUMES]
     else:
@@ -139,13 +150,13 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
             tau = i * config.stride
             start = meg_onset + round(tau * sfreq)
             volume = round((fmri_onset + tau + config.lag) / tr)
-            if tau + EPOCH_SAMPLES / sfreq > duration or volume >= n_vols:
+            if tau + length / sfreq > duration or volume >= n_vols:
                 break
-            if start < 0 or start + EPOCH_SAMPLES > meg.shape[1]:
+            if start < 0 or start + length > meg.shape[1]:
                 continue  # the MEG file does not cover this epoch
             starts.append(start)
             volumes.append(volume)
-            profile_values.append((meg[:, start:start + EPOCH_SAMPLES] ** 2).mean())
+            profile_values.append((meg[:, start:start + length] ** 2).mean())
         if len(starts) < 2:
             raise InputError(f"{run.name}: fewer than 2 windows fit the story; lower --stride or --lag")
         profile = np.array(profile_values)
@@ -154,7 +165,10 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
     chosen = int(np.argmax(correlation)) if config.slice is None else config.slice
     if not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
-    features = np.stack([epoch_features(meg, power, s) for s in starts]).astype(np.float32)
+    features = np.stack([epoch_features(meg, power, s, length) for s in starts])
+    if power is not None and len(starts) > 1:
+        features = standardise_over_time(features)
+    features = features.astype(np.float32)
     images = np.stack([resize_bilinear(run.image(v, chosen), config.size) for v in volumes])
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),
              "meg_sample": int(s), "fmri_volume": int(v), "fmri_time_s": round(v * tr - fmri_onset, 4),

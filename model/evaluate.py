@@ -37,6 +37,7 @@ class EvalConfig:
     bootstrap: int = 2000
     seed: int = 0
     storage_options: dict | None = None
+    oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
 
 
 def load_split(config: EvalConfig, split: str) -> dict:
@@ -84,6 +85,17 @@ def generator_predictions(run: Path, meg: np.ndarray, width: int, size: int) -> 
     return out[:, 0].numpy()
 
 
+def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
+    """The oracle's images in the held-out samples' order (matched by key)."""
+    with np.load(path) as data:
+        images = dict(zip(data["keys"].tolist(), data["images"], strict=True))
+    missing = [m["key"] for m in meta if m["key"] not in images]
+    if missing:
+        raise InputError(f"{path}: no oracle image for {len(missing)} held-out samples (e.g. {missing[0]}); "
+                         "write it with `synth-oracle` from these shards")
+    return np.stack([images[m["key"]] for m in meta])
+
+
 def run_groups(meta: list[dict]) -> list[np.ndarray]:
     """Sample positions of each held-out (subject, run), in time order."""
     groups: dict[tuple, list[tuple[int, int]]] = {}
@@ -104,6 +116,8 @@ def evaluate(config: EvalConfig) -> dict:
             predictions[variant] = generator_predictions(runs / variant, held["meg"], width, size)
     if "cgan" not in predictions:
         raise InputError(f"{runs}/cgan/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first")
+    if config.oracle is not None:
+        predictions["oracle"] = oracle_predictions(Path(config.oracle), held["meta"])
     predictions["mean_image"] = np.broadcast_to(mean_image, held["fmri"].shape).copy()
     groups = np.array([m["subject"] for m in train["meta"]])
     weights, alpha = ridge_fit(train["meg"], train["fmri"].reshape(len(groups), -1), groups,
@@ -140,7 +154,9 @@ def evaluate(config: EvalConfig) -> dict:
                 "held_out_subjects": held["index"].split["held_out"], "shards": config.shards,
                 "voxel_r": "per pixel in the mask, Pearson r over time within each held-out run, averaged; "
                            "a prediction constant over time scores 0",
-                "oracle": "not computed (needs the synth ground truth resampled like the shards)",
+                "oracle": ("noise-free synth truth at each sample's volume and slice, normalised and "
+                           "resized like the shards" if config.oracle
+                           else "not given (--oracle, synthetic data only)"),
                 "config": asdict(config) | {"storage_options": {}}}
     result = {"settings": settings, "rows": rows, "paired_differences_cgan_minus": paired}
     out = Path(config.out)
@@ -148,6 +164,7 @@ def evaluate(config: EvalConfig) -> dict:
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(markdown(result))
     figures(out, real, predictions, held["meta"], runs)
+    slice_figure(out, held["index"])
     return result
 
 
@@ -168,6 +185,30 @@ def markdown(result: dict) -> str:
     lines += ["", f"SSIM: {s['library']} {s['function']}, data_range={s['data_range']}, Gaussian window "
               f"{s['kernel_size']} px, sigma {s['sigma']}. {result['settings']['mask']}.", ""]
     return "\n".join(lines)
+
+
+def slice_figure(out: Path, index) -> None:
+    """The slice-selection profile of one run (the paper's Fig. 1): per-slice correlation of the slice
+    means with the MEG profile, and the slice used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = next((r for r in index.runs if r.get("slice_correlation")), None)
+    if run is None:
+        return
+    values = [np.nan if c is None else c for c in run["slice_correlation"]]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(range(len(values)), values, marker="o", ms=2, lw=0.8)
+    ax.axvline(run["slice"], color="tab:red", lw=1, label=f"slice used: {run['slice']}")
+    ax.set_xlabel("axial slice (NIfTI k)")
+    ax.set_ylabel("r(slice mean, MEG profile)")
+    ax.set_title(f"slice selection, sub-{run['subject']} run {run['run']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "slice_selection.png", dpi=110)
+    plt.close(fig)
 
 
 def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:

@@ -4,7 +4,8 @@ Example:
     evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval --json results.json
 
 Writes OUT/results.json, OUT/results.md (the table), OUT/pairs.png (real vs predicted held-out
-slices) and OUT/training_curves.png, and prints the table.
+slices), OUT/training_curves.png and OUT/slice_selection.png (the paper's Fig. 1 for one run), and
+prints the table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-fraction", type=float, default=0.2,
                    help="brain mask: mean training image above this fraction of its max (default: 0.2)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--oracle", default=None,
+                   help="synthetic data: the .npz from `synth-oracle`, scored as the `oracle` row")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out, mask_fraction=args.mask_fraction,
-                        bootstrap=args.bootstrap,
+                        bootstrap=args.bootstrap, oracle=args.oracle,
                         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
     try:
         result = evaluate(config)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"evaluate: results and figures in {args.out} "
-          "(results.md, results.json, pairs.png, training_curves.png)")
+          "(results.md, results.json, pairs.png, training_curves.png, slice_selection.png)")
     return 0
 
 

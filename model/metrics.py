@@ -17,7 +17,8 @@ SSIM_SETTINGS = {"library": "torchmetrics", "function": "structural_similarity_i
 
 def ssim_maps(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
     """Per-pixel SSIM maps ``(N, S, S)`` of ``(N, S, S)`` images in [0, 1]."""
-    p, r = torch.from_numpy(pred[:, None]).double(), torch.from_numpy(real[:, None]).double()
+    p = torch.tensor(pred[:, None], dtype=torch.float64)
+    r = torch.tensor(real[:, None], dtype=torch.float64)
     _, full = structural_similarity_index_measure(
         p, r, data_range=SSIM_SETTINGS["data_range"], gaussian_kernel=True, kernel_size=11, sigma=1.5,
         reduction="none", return_full_image=True)

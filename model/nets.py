@@ -23,16 +23,27 @@ def from_tanh(image: torch.Tensor) -> torch.Tensor:
 class Generator(nn.Module):
     """MEG vector ``(B, width)`` -> image ``(B, 1, S, S)`` in [-1, 1]: three linear layers, ReLU, Tanh.
 
-    Hidden sizes follow the paper's code (328 -> 512 -> 1024 -> S*S)."""
+    Hidden sizes follow the paper's code (328 -> 512 -> 1024 -> S*S). Dropout after each hidden
+    layer is pix2pix's (its generator's only noise source); ``start_from`` sets the output layer so
+    that the untrained generator draws the mean training image, and training learns the departures
+    from it that the MEG explains (held-out subjects share no anatomy with the training ones)."""
 
-    def __init__(self, width: int, size: int, hidden: tuple[int, int] = (512, 1024)):
+    def __init__(self, width: int, size: int, hidden: tuple[int, int] = (512, 1024), dropout: float = 0.5):
         super().__init__()
         self.width, self.size = width, size
         self.net = nn.Sequential(
-            nn.Linear(width, hidden[0]), nn.ReLU(inplace=True),
-            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
+            nn.Linear(width, hidden[0]), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden[1], size * size), nn.Tanh(),
         )
+
+    def start_from(self, mean_image: torch.Tensor, weight_scale: float = 0.1) -> None:
+        """Output bias = the mean image (``(S, S)`` in [0, 1]) through atanh; output weights scaled."""
+        last = self.net[-2]
+        with torch.no_grad():
+            target = (mean_image.reshape(-1).double() * 2 - 1).clamp(-0.999, 0.999)
+            last.bias.copy_(torch.atanh(target).float())
+            last.weight.mul_(weight_scale)
 
     def forward(self, meg: torch.Tensor) -> torch.Tensor:
         return self.net(meg).view(-1, 1, self.size, self.size)

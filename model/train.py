@@ -46,6 +46,7 @@ class TrainConfig:
     # lambda = 100 (for its L1) puts reconstruction first, which is what MSE/SSIM then measure.
     recon_weight: float = 100.0
     meg_only: bool = False  # use the 306 MEG channels' features, not all 328
+    weight_decay: float = 0.0  # L2 on the generator's weights (Adam's coupled decay); the paper: none
     seed: int = 0
     checkpoint_every: int = 200  # steps
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all: for tests
@@ -111,6 +112,17 @@ def load_checkpoint(path: Path, width: int, size: int) -> dict:
     return state
 
 
+def mean_training_image(config: TrainConfig, size: int) -> torch.Tensor:
+    """The mean of the training split's images ``(S, S)`` in [0, 1] (one pass, no shuffling)."""
+    loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=1024, shuffle=False),
+                         StoreConfig(storage_options=config.storage_options), device="cpu")
+    total, count = torch.zeros(size, size, dtype=torch.float64), 0
+    for batch in loader:
+        total += batch["fmri"][:, 0].double().sum(dim=0)
+        count += len(batch["fmri"])
+    return (total / count).float()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -134,11 +146,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
     generator, critic = (m.to(device) for m in build_models(width, size))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
+                             weight_decay=config.weight_decay)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, config.lr_step_epochs, config.lr_gamma)
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma)
     step = 0
+    if not config.resume:
+        generator.start_from(mean_training_image(config, size))
     if config.resume:
         state = load_checkpoint(path, width, size)
         generator.load_state_dict(state["generator"])

@@ -6,31 +6,39 @@ import json
 
 import numpy as np
 
+from meg2fmri.ingest.synth import oracle as synth_oracle
 from meg2fmri.model import evaluate_cli
 from meg2fmri.model.metrics import bootstrap_ci, per_image, voxel_r
 from meg2fmri.model.train import TrainConfig, train
 
 
-def test_evaluate_writes_rows_intervals_and_figures(ingested, tmp_path, capsys):
+def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     for variant in ("cgan", "no_adversarial", "shuffled"):
         train(TrainConfig(shards=str(ingested), out=str(runs / variant), variant=variant, epochs=1,
                           batch_size=16, device="cpu"), progress=False)
+    oracle = tmp_path / "oracle.npz"
+    oracle_args = ["--bids-root", str(tiny_root), "--ingest", str(ingested), "--out", str(oracle)]
+    assert synth_oracle.main(oracle_args) == 0
     out, report = tmp_path / "eval", tmp_path / "results.json"
     args = ["--shards", str(ingested), "--runs", str(runs), "--out", str(out), "--json", str(report),
-            "--bootstrap", "200"]
+            "--bootstrap", "200", "--oracle", str(oracle)]
     assert evaluate_cli.main(args) == 0
     result = json.loads(report.read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == ["cgan", "no_adversarial", "shuffled", "mean_image", "ridge"]
+    assert names == ["cgan", "no_adversarial", "shuffled", "oracle", "mean_image", "ridge"]
     for r in result["rows"]:
         assert {"mse", "ssim", "psnr", "pearson", "mse_ci", "ssim_ci", "voxel_r"} <= set(r)
         assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
     assert result["settings"]["ssim"]["data_range"] == 1.0
     assert result["settings"]["held_out_subjects"] == ["02", "04"]
-    mean_row = next(r for r in result["rows"] if r["name"] == "mean_image")
-    assert mean_row["voxel_r"] == 0.0  # the same image every time follows nothing
-    for name in ("pairs.png", "training_curves.png", "results.md"):
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["mean_image"]["voxel_r"] == 0.0  # the same image every time follows nothing
+    # the noise-free truth, normalised and oriented like the shards, is far closer than any model
+    assert rows["oracle"]["mse"] < 0.01 * rows["mean_image"]["mse"]
+    assert rows["oracle"]["pearson"] > rows["mean_image"]["pearson"]
+    assert rows["oracle"]["voxel_r"] > rows["ridge"]["voxel_r"]
+    for name in ("pairs.png", "training_curves.png", "slice_selection.png", "results.md"):
         assert (out / name).stat().st_size > 500
     assert "| cgan |" in capsys.readouterr().out
 
