@@ -74,7 +74,7 @@ def test_bad_usage_is_explained(tmp_path: Path, capsys, args: list[str], message
 def test_ctrl_c_leaves_no_partial_dataset(tmp_path: Path):
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "meg2fmri.ingest.synth.cli", "--out", str(out), "--quiet",
-           "--preset", "tiny", "--subjects", "01,02,03", "--runs", "1-4", "--jobs", "1"]
+           "--preset", "tiny", "--subjects", "01,02,03", "--runs", "1-10", "--jobs", "1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".ds.partial-*/sub-01/meg/*_meg.fif")):

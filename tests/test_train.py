@@ -67,3 +67,20 @@ def test_bad_inputs_fail_before_training(ingested, tmp_path, capsys):
         train(config(shards=other, resume=True), progress=False)
     with pytest.raises(InputError, match="checkpoint is for 328 features"):
         train(config(resume=True, meg_only=True), progress=False)
+
+
+def test_torchrun_ddp_training_on_cpu(ingested, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "meg2fmri.model.train_cli", "--shards", str(ingested), "--out", str(out),
+               "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["loader"]["world_size"] == 2 and state["loader"]["epoch"] == 2
+    # each rank takes 40 of the 80 training samples: 5 steps of 8 per epoch, on both ranks in step
+    assert state["step"] == 10
+    assert not any(k.startswith("module.") for k in state["generator"])  # saved unwrapped
