@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="paper: one pair per run, exactly as the paper's text; windows: an epoch "
                          "every --stride s of the story paired with the volume --lag s later")
     pairing.add_argument("--features", choices=["mean", "bandpower"], default="mean",
-                         help="mean: the paper's 328-d time-mean vector; bandpower: log power per "
-                         "channel in delta/theta/alpha/beta/gamma over the epoch (328x5)")
+                         help="mean: the paper's 328-d time-mean vector (z-scored across channels); "
+                         "bandpower: log power per channel in delta/theta/alpha/beta/gamma over the "
+                         "epoch (328x5), z-scored over the run's epochs")
     pairing.add_argument("--size", type=int, default=32, help="output slice size in pixels (bilinear)")
     pairing.add_argument("--stride", type=float, default=2.0, help="windows: seconds between epochs")
     pairing.add_argument("--lag", type=float, default=5.0, help="windows: hemodynamic lag in seconds")
