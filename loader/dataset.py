@@ -8,9 +8,10 @@ when asked) buffers; the batches it yields are views of those buffers.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +145,18 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return batches
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def fetch_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's shard-fetching threads, kept across epochs (a pool inherited through fork()
+    has no threads behind it, hence one per process id)."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard-fetch")
+    return _POOLS[key]
+
+
 class ShardFetcher:
     """Fetches the shards each chunk needs, ``lookahead`` shards ahead, and releases them after last use."""
 
@@ -163,8 +176,7 @@ class ShardFetcher:
     def __exit__(self, *exc):
         for future in self.futures.values():
             future.cancel()
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        wait(list(self.futures.values()))  # nothing of this epoch runs on into the next
 
     def _submit_through(self, position: int) -> None:
         while self.next < len(self.order) and self.next <= position:
@@ -173,8 +185,7 @@ class ShardFetcher:
             if slot in self.dataset.opened:
                 continue
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=self.dataset.config.fetch_threads,
-                                               thread_name_prefix="shard-fetch")
+                self.pool = fetch_pool(self.dataset.config.fetch_threads)
             self.futures[slot] = self.pool.submit(self._load, slot)
 
     def _load(self, slot: int) -> ShardArrays:
