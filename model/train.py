@@ -47,6 +47,10 @@ class TrainConfig:
     recon_weight: float = 100.0
     meg_only: bool = False  # use the 306 MEG channels' features, not all 328
     weight_decay: float = 0.0  # L2 on the generator's weights (Adam's coupled decay); the paper: none
+    # "deviation": each training run's own mean image is replaced by the mean training image in the
+    # targets, so the models learn what the MEG changes over time, not which subject it came from (a
+    # held-out subject's anatomy cannot be predicted from its MEG); "image": the raw slices, as the paper.
+    target: str = "deviation"
     seed: int = 0
     checkpoint_every: int = 200  # steps
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all: for tests
@@ -58,6 +62,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise InputError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
+        if self.target not in ("deviation", "image"):
+            raise InputError(f"target must be 'deviation' or 'image', not {self.target!r}")
 
 
 def feature_mask(names: list[str], meg_only: bool) -> list[int]:
@@ -112,15 +118,27 @@ def load_checkpoint(path: Path, width: int, size: int) -> dict:
     return state
 
 
-def mean_training_image(config: TrainConfig, size: int) -> torch.Tensor:
-    """The mean of the training split's images ``(S, S)`` in [0, 1] (one pass, no shuffling)."""
-    loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=1024, shuffle=False),
+@dataclass(frozen=True)
+class TrainingMeans:
+    image: torch.Tensor  # (S, S) mean training image in [0, 1]
+    offsets: torch.Tensor  # (n_train, S, S): per sample id, mean training image minus its run's mean
+
+
+def training_means(config: TrainConfig, size: int) -> TrainingMeans:
+    """One unshuffled pass over the training split: the mean image and each run's mean image."""
+    loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=1024, shuffle=False, meta=True),
                          StoreConfig(storage_options=config.storage_options), device="cpu")
-    total, count = torch.zeros(size, size, dtype=torch.float64), 0
+    images = torch.zeros(loader.samples, size, size, dtype=torch.float64)
+    runs: dict[tuple, list[int]] = {}
     for batch in loader:
-        total += batch["fmri"][:, 0].double().sum(dim=0)
-        count += len(batch["fmri"])
-    return (total / count).float()
+        images[batch["index"]] = batch["fmri"][:, 0].double()
+        for i, meta in zip(batch["index"].tolist(), batch["meta"], strict=True):
+            runs.setdefault((meta["subject"], meta["run"]), []).append(i)
+    mean = images.mean(dim=0)
+    offsets = torch.empty_like(images)
+    for ids in runs.values():
+        offsets[ids] = mean - images[ids].mean(dim=0)
+    return TrainingMeans(mean.float(), offsets.float())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -152,8 +170,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, config.lr_step_epochs, config.lr_gamma)
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma)
     step = 0
-    if not config.resume:
-        generator.start_from(mean_training_image(config, size))
     if config.resume:
         state = load_checkpoint(path, width, size)
         generator.load_state_dict(state["generator"])
@@ -165,6 +181,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         step = state["step"]
     elif path.exists():
         raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
+    means = training_means(config, size)  # after the checks above: bad inputs fail before any pass
+    offsets = means.offsets.to(device) if config.target == "deviation" else None
+    if not config.resume:
+        generator.start_from(means.image)
     if distributed:
         generator = nn.parallel.DistributedDataParallel(generator)
         critic = nn.parallel.DistributedDataParallel(critic)
@@ -200,7 +220,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             t1 = time.perf_counter()
             if batch is None:
                 break
-            meg, real = batch["meg"][:, keep], to_tanh(batch["fmri"])
+            meg, image = batch["meg"][:, keep], batch["fmri"]
+            if offsets is not None:
+                image = image + offsets[batch["index"]][:, None]
+            real = to_tanh(image)
             if config.variant == "shuffled":
                 meg = meg[torch.randperm(len(meg), generator=shuffler).to(device)]
             losses = update(generator, critic, opt_g, opt_d, meg, real, bce, mse, config)

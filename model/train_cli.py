@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-weight", type=float, default=d.recon_weight,
                    help="weight of the MSE term against the adversarial BCE (paper's code: 1; default "
                         f"{d.recon_weight}, as pix2pix, so reconstruction is not drowned by BCE)")
+    p.add_argument("--target", choices=["deviation", "image"], default=d.target,
+                   help="deviation: each training run's mean image replaced by the mean training image, so "
+                        "the model learns what the MEG changes, not which subject it is; image: the raw "
+                        f"slices, as the paper (default: {d.target})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help=f"L2 penalty on the generator's weights (paper: none; default: {d.weight_decay})")
     p.add_argument("--meg-only", action="store_true", help="use the 306 MEG channels' features only")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
-                         recon_weight=args.recon_weight, weight_decay=args.weight_decay,
+                         recon_weight=args.recon_weight, weight_decay=args.weight_decay, target=args.target,
                          meg_only=args.meg_only, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
                          num_workers=args.workers, device=args.device, resume=args.resume,

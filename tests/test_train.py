@@ -84,3 +84,22 @@ def test_torchrun_ddp_training_on_cpu(ingested, tmp_path):
     # each rank takes 40 of the 80 training samples: 5 steps of 8 per epoch, on both ranks in step
     assert state["step"] == 10
     assert not any(k.startswith("module.") for k in state["generator"])  # saved unwrapped
+
+
+def test_deviation_targets_give_every_run_the_mean_anatomy(ingested):
+    from meg2fmri.loader import ShardLoader, StreamConfig
+    from meg2fmri.model.train import training_means
+
+    means = training_means(TrainConfig(shards=str(ingested), out=""), 32)
+    stream = StreamConfig(batch_size=80, shuffle=False, meta=True)
+    loader = ShardLoader(ingested, "train", stream, device="cpu")
+    batch = next(iter(loader))
+    targets = batch["fmri"][:, 0] + means.offsets[batch["index"]]
+    runs = {}
+    for i, meta in enumerate(batch["meta"]):
+        runs.setdefault((meta["subject"], meta["run"]), []).append(i)
+    assert len(runs) == 4
+    for rows in runs.values():  # each run's mean target is the mean training image; its changes are kept
+        assert torch.allclose(targets[rows].mean(dim=0), means.image, atol=1e-5)
+        assert torch.allclose(targets[rows] - targets[rows].mean(dim=0),
+                              batch["fmri"][rows, 0] - batch["fmri"][rows, 0].mean(dim=0), atol=1e-5)
