@@ -12,7 +12,7 @@ PIP_PINS ?= aiobotocore==3.10.0 boto3==1.43.117
 DEMO_DIR ?= demo-output
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo demo-pairing test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,22 @@ demo: $(VENV)/.installed
 	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
 	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest; runs (checkpoints, log.jsonl) in $(DEMO_DIR)/runs"
 	@echo "demo: results $(DEMO_DIR)/eval/results.md; figures $(DEMO_DIR)/eval/*.png (pairs, training_curves, slice_selection)"
+
+# After `make demo`: --pairing windows vs --pairing paper with the paper's features (0.64-s channel
+# means, z-scored across channels), both cGANs scored on the same held-out windows pairs. Re-pairs
+# from demo's Zarr cache (hard links), no FIF/NIfTI read.
+demo-pairing: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)/pairing && mkdir -p $(DEMO_DIR)/pairing/windows $(DEMO_DIR)/pairing/paper
+	for p in windows paper; do \
+		cp -al $(DEMO_DIR)/ingest/cache.zarr $(DEMO_DIR)/pairing/$$p/ && \
+		$(BIN)/ingest --bids-root $(DEMO_DIR)/bids --out $(DEMO_DIR)/pairing/$$p --subjects all --from-cache \
+			--pairing $$p --features mean --slice $(DEMO_SLICE) --quiet || exit 1; \
+	done
+	$(BIN)/train --shards $(DEMO_DIR)/pairing/windows --out $(DEMO_DIR)/pairing/runs/cgan \
+		--epochs $(DEMO_EPOCHS) --lr-step-epochs 10 --quiet
+	$(BIN)/train --shards $(DEMO_DIR)/pairing/paper --out $(DEMO_DIR)/pairing/paper-run --quiet
+	$(BIN)/evaluate --shards $(DEMO_DIR)/pairing/windows --runs $(DEMO_DIR)/pairing/runs \
+		--out $(DEMO_DIR)/pairing/eval --extra paper_pairing=$(DEMO_DIR)/pairing/paper-run
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ingest shards loader model bench tests

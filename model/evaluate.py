@@ -38,6 +38,7 @@ class EvalConfig:
     seed: int = 0
     storage_options: dict | None = None
     oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
+    extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
 
 
 def load_split(config: EvalConfig, split: str) -> dict:
@@ -114,6 +115,10 @@ def evaluate(config: EvalConfig) -> dict:
     for variant in VARIANTS:
         if (runs / variant / CHECKPOINT).is_file():
             predictions[variant] = generator_predictions(runs / variant, held["meg"], width, size)
+    for name, folder in config.extra:  # e.g. a cGAN trained on --pairing paper shards
+        if name in predictions or not (Path(folder) / CHECKPOINT).is_file():
+            raise InputError(f"--extra {name}={folder}: the name is taken, or {CHECKPOINT} is missing there")
+        predictions[name] = generator_predictions(Path(folder), held["meg"], width, size)
     if "cgan" not in predictions:
         raise InputError(f"{runs}/cgan/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first")
     if config.oracle is not None:
@@ -157,7 +162,8 @@ def evaluate(config: EvalConfig) -> dict:
                 "oracle": ("noise-free synth truth at each sample's volume and slice, normalised and "
                            "resized like the shards" if config.oracle
                            else "not given (--oracle, synthetic data only)"),
-                "config": asdict(config) | {"storage_options": {}}}
+                "config": asdict(config) | {"storage_options": {}},
+                "extra": {name: folder for name, folder in config.extra}}
     result = {"settings": settings, "rows": rows, "paired_differences_cgan_minus": paired}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--oracle", default=None,
                    help="synthetic data: the .npz from `synth-oracle`, scored as the `oracle` row")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="score another run on the same held-out pairs as row NAME (repeatable), e.g. a cGAN "
+                        "trained on --pairing paper shards with the same features")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out, mask_fraction=args.mask_fraction,
                         bootstrap=args.bootstrap, oracle=args.oracle,
+                        extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
                         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
     try:
         result = evaluate(config)

@@ -22,17 +22,19 @@ def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_pat
     assert synth_oracle.main(oracle_args) == 0
     out, report = tmp_path / "eval", tmp_path / "results.json"
     args = ["--shards", str(ingested), "--runs", str(runs), "--out", str(out), "--json", str(report),
-            "--bootstrap", "200", "--oracle", str(oracle)]
+            "--bootstrap", "200", "--oracle", str(oracle), "--extra", f"again={runs / 'cgan'}"]
     assert evaluate_cli.main(args) == 0
     result = json.loads(report.read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == ["cgan", "no_adversarial", "shuffled", "oracle", "mean_image", "ridge"]
+    assert names == ["cgan", "no_adversarial", "shuffled", "again", "oracle", "mean_image", "ridge"]
     for r in result["rows"]:
         assert {"mse", "ssim", "psnr", "pearson", "mse_ci", "ssim_ci", "voxel_r"} <= set(r)
         assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
     assert result["settings"]["ssim"]["data_range"] == 1.0
     assert result["settings"]["held_out_subjects"] == ["02", "04"]
     rows = {r["name"]: r for r in result["rows"]}
+    assert rows["again"]["mse"] == rows["cgan"]["mse"]  # the same run scored twice on the same pairs
+    assert result["paired_differences_cgan_minus"]["cgan-again"]["mse"] == [0.0, 0.0]
     assert rows["mean_image"]["voxel_r"] == 0.0  # the same image every time follows nothing
     # the noise-free truth, normalised and oriented like the shards, is far closer than any model
     assert rows["oracle"]["mse"] < 0.01 * rows["mean_image"]["mse"]
