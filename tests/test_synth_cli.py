@@ -105,7 +105,10 @@ def test_defect_runs_reproduce_the_missing_begin_trigger(defects_root: Path):
     assert runs[("08", 16)]["defect"] == "1" and runs[("08", 7)]["defect"] == "0"
 
 
-@pytest.mark.parametrize("command", ["synth", "ingest", "train", "evaluate", "bench"])
+COMMANDS = ["synth", "ingest", "train", "evaluate", "bench", "shards", "synth-oracle"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_console_commands_answer_help(command: str):
     exe = Path(sys.executable).parent / command
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
