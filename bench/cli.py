@@ -12,6 +12,12 @@ from pathlib import Path
 PENDING: dict[str, int] = {}
 
 
+def dataset_options(parser: argparse.ArgumentParser, work_help: str) -> None:
+    parser.add_argument("--bids-root", type=Path, default=None,
+                        help="dataset to ingest (default: synth's demo preset, written into --work)")
+    parser.add_argument("--work", type=Path, default=Path("bench-work"), help=work_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench", description="Benchmarks. Each prints a table and, with --json FILE, writes "
@@ -23,18 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
     ingest = sub.add_parser("ingest", help="ingest 1 worker vs all cores vs read-only (demo preset)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ingest.add_argument("--bids-root", type=Path, default=None,
-                        help="dataset to ingest (default: synth's demo preset, written into --work)")
-    ingest.add_argument("--work", type=Path, default=Path("bench-work"),
-                        help="folder for the demo dataset and the ingest outputs")
+    dataset_options(ingest, "folder for the demo dataset and the ingest outputs")
     ingest.add_argument("--subjects", default=None, help="comma-separated subset, e.g. 01,02 (default: all)")
     ingest.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration")
     loader = sub.add_parser("loader", help="our loader vs webdataset, MNE+nibabel, S3, Zarr, memcpy",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    loader.add_argument("--bids-root", type=Path, default=None,
-                        help="dataset to ingest for the shards (default: synth's demo preset in --work)")
-    loader.add_argument("--work", type=Path, default=Path("bench-work"),
-                        help="folder for the demo dataset, its shards and the Zarr copy (reused if present)")
+    dataset_options(loader, "folder for the demo dataset, its shards and the Zarr copy (reused if present)")
     loader.add_argument("--repeats", type=int, default=5, help="timed repeats per row (median reported)")
     loader.add_argument("--min-seconds", type=float, default=0.3,
                         help="each repeat runs whole epochs until this much time has passed")
@@ -43,10 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bar chart (default: beside --json, or WORK/bench-loader.png)")
     train = sub.add_parser("train", help="training samples/s: loader local vs S3 vs in-memory tensors",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--bids-root", type=Path, default=None,
-                       help="dataset to ingest for the shards (default: synth's demo preset in --work)")
-    train.add_argument("--work", type=Path, default=Path("bench-work"),
-                       help="folder for the demo dataset and its shards (shared with bench loader)")
+    dataset_options(train, "folder for the demo dataset and its shards (shared with bench loader)")
     train.add_argument("--steps", type=int, default=200, help="training steps timed per configuration")
     train.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     for name, issue in PENDING.items():

@@ -180,14 +180,31 @@ def ensure_shards(work: Path, bids_root: Path | None) -> tuple[Path, Path]:
     return root, shards
 
 
+def upload_train_shards(endpoint: str, shards: Path, entries: list, bucket: str) -> str:
+    """Copy the index and the training shards to ``s3://bucket/demo``; return that URL."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    client.upload_file(str(shards / "index.json"), bucket, "demo/index.json")
+    for entry in entries:
+        client.upload_file(str(shards / entry.name), bucket, f"demo/{entry.name}")
+    return f"s3://{bucket}/demo"
+
+
 def moto_process():
     """moto's S3 server in its own process on a free loopback port (a real S3 server does not share
-    the client's interpreter; moto in a thread of this process would take the client's GIL)."""
+    the client's interpreter; moto in a thread of this process would take the client's GIL), with
+    throwaway credentials in the standard AWS variables unless some are set."""
     import socket
     import subprocess
     import sys
 
     import boto3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,18 +254,9 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
         value, runs = rate(loader_epoch(loader), repeats, min_seconds)
         add("loader_local" if batch_size == 32 else "loader_local_b256", value, runs, batch_size=batch_size)
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
     server, endpoint = moto_process()
     try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="meg2fmri-bench")
-        client.upload_file(str(shards / "index.json"), "meg2fmri-bench", "demo/index.json")
-        for e in train:
-            client.upload_file(str(shards / e.name), "meg2fmri-bench", f"demo/{e.name}")
+        upload_train_shards(endpoint, shards, train, "meg2fmri-bench")
         store = StoreConfig(storage_options={"endpoint_url": endpoint})
         s3_rates = {}
         for batch_size in (32, 256):

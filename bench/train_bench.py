@@ -7,7 +7,6 @@ device, one after another in one run, each for ``steps`` steps after a warm-up e
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.model.nets import to_tanh
 from meg2fmri.model.train import TrainConfig, build_models, update
 
-from .loader_bench import ensure_shards, moto_process
+from .loader_bench import ensure_shards, moto_process, upload_train_shards
 from .report import row
 
 
@@ -60,20 +59,11 @@ def run(work: Path, bids_root: Path | None, steps: int = 200,
     local = ShardLoader(shards, "train", StreamConfig(batch_size=config.batch_size), device="auto")
     device, width, size = local.device, local.index.features["width"], local.index.image_size
     memory = in_memory(local)
-    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
     server, endpoint = moto_process()
     try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="meg2fmri-train")
-        client.upload_file(str(shards / "index.json"), "meg2fmri-train", "demo/index.json")
-        for e in local.index.shards:
-            if e.split == "train":
-                client.upload_file(str(shards / e.name), "meg2fmri-train", f"demo/{e.name}")
-        remote = ShardLoader("s3://meg2fmri-train/demo", "train", StreamConfig(batch_size=config.batch_size),
+        url = upload_train_shards(endpoint, shards, [e for e in local.index.shards if e.split == "train"],
+                                  "meg2fmri-train")
+        remote = ShardLoader(url, "train", StreamConfig(batch_size=config.batch_size),
                              StoreConfig(storage_options={"endpoint_url": endpoint}), device="auto")
         results = {"in_memory": [], "local": [], "s3": []}
         for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
