@@ -121,24 +121,42 @@ def load_checkpoint(path: Path, width: int, size: int) -> dict:
 @dataclass(frozen=True)
 class TrainingMeans:
     image: torch.Tensor  # (S, S) mean training image in [0, 1]
-    offsets: torch.Tensor  # (n_train, S, S): per sample id, mean training image minus its run's mean
+    run_offsets: torch.Tensor  # (runs, S, S): the mean training image minus each run's mean image
+    run_of: torch.Tensor  # (n_train,) int64: the run of each training sample id
+
+    def offsets(self, index: torch.Tensor) -> torch.Tensor:
+        """``(B, S, S)``: what turns samples ``index`` into deviation targets (added to their images)."""
+        return self.run_offsets[self.run_of[index]]
+
+    def to(self, device: torch.device) -> TrainingMeans:
+        return TrainingMeans(self.image.to(device), self.run_offsets.to(device), self.run_of.to(device))
 
 
 def training_means(config: TrainConfig, size: int) -> TrainingMeans:
-    """One unshuffled pass over the training split: the mean image and each run's mean image."""
+    """One unshuffled pass over the training split: the mean image and each run's mean image, as
+    running sums (memory grows with the number of runs, not of samples). Every rank reads the whole
+    split (rank 0 of 1), so that every rank has the same means."""
     loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=1024, shuffle=False, meta=True),
-                         StoreConfig(storage_options=config.storage_options), device="cpu")
-    images = torch.zeros(loader.samples, size, size, dtype=torch.float64)
-    runs: dict[tuple, list[int]] = {}
+                         StoreConfig(storage_options=config.storage_options), device="cpu",
+                         rank=0, world_size=1)
+    run_of = torch.full((loader.samples,), -1, dtype=torch.int64)
+    runs: dict[tuple, int] = {}
+    sums, counts = [], []
     for batch in loader:
-        images[batch["index"]] = batch["fmri"][:, 0].double()
-        for i, meta in zip(batch["index"].tolist(), batch["meta"], strict=True):
-            runs.setdefault((meta["subject"], meta["run"]), []).append(i)
-    mean = images.mean(dim=0)
-    offsets = torch.empty_like(images)
-    for ids in runs.values():
-        offsets[ids] = mean - images[ids].mean(dim=0)
-    return TrainingMeans(mean.float(), offsets.float())
+        for i, meta, image in zip(batch["index"].tolist(), batch["meta"], batch["fmri"][:, 0], strict=True):
+            r = runs.setdefault((meta["subject"], meta["run"]), len(runs))
+            if r == len(sums):
+                sums.append(torch.zeros(size, size, dtype=torch.float64))
+                counts.append(0)
+            sums[r] += image
+            counts[r] += 1
+            run_of[i] = r
+    if (run_of < 0).any():
+        raise InputError(f"{config.shards}: the training split yielded {int((run_of >= 0).sum())} of "
+                         f"{loader.samples} samples")
+    run_means = torch.stack(sums) / torch.tensor(counts, dtype=torch.float64)[:, None, None]
+    mean = torch.stack(sums).sum(dim=0) / sum(counts)
+    return TrainingMeans(mean.float(), (mean - run_means).float(), run_of)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -182,7 +200,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     elif path.exists():
         raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
     means = training_means(config, size)  # after the checks above: bad inputs fail before any pass
-    offsets = means.offsets.to(device) if config.target == "deviation" else None
+    deviations = means.to(device) if config.target == "deviation" else None
     if not config.resume:
         generator.start_from(means.image)
     if distributed:
@@ -221,8 +239,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             if batch is None:
                 break
             meg, image = batch["meg"][:, keep], batch["fmri"]
-            if offsets is not None:
-                image = image + offsets[batch["index"]][:, None]
+            if deviations is not None:
+                image = image + deviations.offsets(batch["index"])[:, None]
             real = to_tanh(image)
             if config.variant == "shuffled":
                 meg = meg[torch.randperm(len(meg), generator=shuffler).to(device)]

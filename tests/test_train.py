@@ -94,7 +94,7 @@ def test_deviation_targets_give_every_run_the_mean_anatomy(ingested):
     stream = StreamConfig(batch_size=80, shuffle=False, meta=True)
     loader = ShardLoader(ingested, "train", stream, device="cpu")
     batch = next(iter(loader))
-    targets = batch["fmri"][:, 0] + means.offsets[batch["index"]]
+    targets = batch["fmri"][:, 0] + means.offsets(batch["index"])
     runs = {}
     for i, meta in enumerate(batch["meta"]):
         runs.setdefault((meta["subject"], meta["run"]), []).append(i)
@@ -103,3 +103,15 @@ def test_deviation_targets_give_every_run_the_mean_anatomy(ingested):
         assert torch.allclose(targets[rows].mean(dim=0), means.image, atol=1e-5)
         assert torch.allclose(targets[rows] - targets[rows].mean(dim=0),
                               batch["fmri"][rows, 0] - batch["fmri"][rows, 0].mean(dim=0), atol=1e-5)
+
+
+def test_training_means_read_the_whole_split_on_every_rank(ingested, monkeypatch):
+    from meg2fmri.model.train import training_means
+
+    config = TrainConfig(shards=str(ingested), out="")
+    alone = training_means(config, 32)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets: the loader would take rank 1's half
+    on_rank = training_means(config, 32)
+    assert torch.equal(alone.image, on_rank.image) and torch.equal(alone.run_of, on_rank.run_of)
+    assert torch.equal(alone.run_offsets, on_rank.run_offsets)
