@@ -2,8 +2,8 @@
 
 Each DataLoader worker (or the main process) computes the epoch plan (``plan.py``), takes its own
 batches, fetches the shards they need (ahead, in a background thread, so downloads overlap
-decoding) and gathers a chunk of batches at a time with ``np.take`` into freshly allocated (pinned,
-when asked) buffers; the batches it yields are views of those buffers.
+decoding) and gathers a chunk of batches at a time with the ``gather_rows`` kernel into freshly
+allocated (pinned, when asked) buffers; the batches it yields are views of those buffers.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class StreamConfig:
     shuffle_buffer: int = 4096  # samples permuted together (bounded memory: the shards they span)
     meta: bool = False  # also decode each sample's JSON metadata (per-sample Python: slower)
     on_corrupt: str = "raise"  # or "skip": leave out a corrupt shard's samples, warn, count them
-    chunk_samples: int = 2048  # samples gathered per np.take round (latency vs per-call overhead)
+    chunk_samples: int = 2048  # samples gathered per round (latency vs per-call overhead)
     lookahead: int = 2  # shards fetched ahead of use
     fetch_threads: int = 2  # concurrent shard reads (S3 GETs) per process
 
@@ -98,22 +98,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         if current:
             chunks.append(current)
         pin = self.pin_memory and info is None and torch.cuda.is_available()
-        with ShardFetcher(self, [self._slots(plan, chunk) for chunk in chunks]) as fetcher:
+        ids = [np.concatenate([plan.batch(j) for j in chunk]) for chunk in chunks]
+        slots = [np.searchsorted(self.starts, i, side="right") - 1 for i in ids]  # shard of each sample
+        sizes = plan.sizes()
+        with ShardFetcher(self, [np.unique(slot) for slot in slots]) as fetcher:
             for i, chunk in enumerate(chunks):
-                yield self._gather(plan, chunk, fetcher.arrays(i), pin)
+                yield self._gather(ids[i], slots[i], sizes[chunk], fetcher.arrays(i), pin)
 
-    def _slots(self, plan: EpochPlan, chunk: list[int]) -> np.ndarray:
-        ids = np.concatenate([plan.batch(j) for j in chunk])
-        return np.unique(np.searchsorted(self.starts, ids, side="right") - 1)
-
-    def _gather(self, plan: EpochPlan, chunk: list[int], arrays: dict[int, ShardArrays | None],
-                pin: bool) -> list[dict]:
-        ids = np.concatenate([plan.batch(j) for j in chunk])
-        slot = np.searchsorted(self.starts, ids, side="right") - 1
+    def _gather(self, ids: np.ndarray, slot: np.ndarray, sizes: np.ndarray,
+                arrays: dict[int, ShardArrays | None], pin: bool) -> list[dict]:
+        """Batches of ``sizes`` samples ``ids`` (in shards ``slot``) from the open shard ``arrays``."""
         keep = None
         if None in arrays.values():
             keep = np.array([arrays[s] is not None for s in slot], dtype=bool)
-        sizes = np.array([plan.bounds[j + 1] - plan.bounds[j] for j in chunk])
         if keep is not None:  # skipped shards: drop their samples, batches shrink, the count stays
             edges = np.concatenate([[0], np.cumsum(sizes)])
             sizes = np.array([keep[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])

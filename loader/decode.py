@@ -3,7 +3,7 @@
 Every sample in a dataset has members of the same sizes (``shards.format``), so the ``i``-th
 sample's MEG vector starts at ``i * stride + offset``. A shard held in memory (or memory-mapped)
 becomes three views: ``meg (count, width)``, ``fmri (count, size, size)`` and ``meta (count, 512)``
-bytes. Batches are gathered from these views with ``np.take`` straight into the batch buffers.
+bytes. Batches are gathered from these views (``kernels.gather_rows``) straight into the batch buffers.
 
 The tar headers are checked in bulk (magic, member sizes, npy headers, first and last key), so a
 shard written with another layout fails loudly instead of decoding as garbage.
