@@ -28,39 +28,34 @@ def test_bench_kernels_json(tmp_path: Path):
     assert all("speedup_vs_numpy" in r for r in rows if r["name"].endswith("_numba"))
 
 
-def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
-    out = tmp_path / "ingest.json"
+def run_bench(which: str, tiny_root: Path, tmp_path: Path, *args: str) -> tuple[Path, str]:
+    """``bench WHICH`` on the tiny dataset in a subprocess (Ray and moto start there); (JSON path, stdout)."""
+    out = tmp_path / f"{which}.json"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", "ingest", "--bids-root", str(tiny_root),
-           "--work", str(tmp_path / "work"), "--subjects", "01,02,03", "--repeats", "1", "--json", str(out)]
+    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", which, "--bids-root", str(tiny_root),
+           "--work", str(tmp_path / "work"), "--repeats", "1", "--json", str(out), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+    return out, result.stdout
+
+
+def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
+    out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01,02,03")
     rows = check_shape(out, ["read_only", "ingest_1worker", "ingest_all"])
     assert rows[1]["runs"] == 6 and rows[1]["peak_task_mb"] > 0
-    assert "ingest (1 worker) / read-only" in result.stdout
+    assert "ingest (1 worker) / read-only" in stdout
 
 
 def test_bench_train_json(tiny_root: Path, tmp_path: Path):
-    out = tmp_path / "train.json"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", "train", "--bids-root", str(tiny_root),
-           "--work", str(tmp_path / "work"), "--steps", "8", "--repeats", "1", "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out, stdout = run_bench("train", tiny_root, tmp_path, "--steps", "8")
     check_shape(out, ["train_in_memory", "train_local", "train_s3"])
-    assert "local / in-memory" in result.stdout
+    assert "local / in-memory" in stdout
 
 
 def test_bench_loader_json_and_chart(tiny_root: Path, tmp_path: Path):
-    out = tmp_path / "loader.json"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, "-m", "meg2fmri.bench.cli", "loader", "--bids-root", str(tiny_root),
-           "--work", str(tmp_path / "work"), "--repeats", "1", "--min-seconds", "0.01",
-           "--paper-samples", "1", "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out, stdout = run_bench("loader", tiny_root, tmp_path, "--min-seconds", "0.01", "--paper-samples", "1")
     rows = check_shape(out, ["paper_style", "webdataset_plain", "loader_local", "loader_local_b256",
                              "loader_s3", "loader_s3_b256", "s3_raw", "zarr_map", "memcpy"])
     assert all(r["mb_per_s"] > 0 for r in rows)
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "loader_s3 / s3_raw" in result.stdout
+    assert "loader_s3 / s3_raw" in stdout
