@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from meg2fmri.shards.errors import InputError, ShardIntegrityError, ShardReadError
-from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, read_index, write_atomic
+from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, check_shard, read_index, write_atomic
 
 READ_CHUNK = 1 << 20  # bytes per socket read; each is hashed while the next one arrives
 _HASHERS: dict[int, ThreadPoolExecutor] = {}
@@ -53,10 +53,6 @@ class StoreConfig:
     cache_limit_bytes: int | None = None  # evict least recently used cached shards beyond this
 
 
-def sha256_of(buf) -> str:
-    return hashlib.sha256(memoryview(buf)).hexdigest()
-
-
 class LocalStore:
     """Shards in a local folder, memory-mapped (page-cached reads, nothing copied until a batch)."""
 
@@ -78,21 +74,11 @@ class LocalStore:
 
 
 def map_checked(path: Path, entry: ShardEntry, *, verify: bool, verified: set[str]) -> np.ndarray:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ShardIntegrityError(f"{path}: shard listed in the index is missing; re-run `ingest`") from None
-    if size != entry.bytes:
-        raise ShardIntegrityError(f"{path}: {size} bytes, the index says {entry.bytes} (truncated or "
-                                  f"rewritten); re-run `ingest` or `shards verify`")
-    buf = np.memmap(path, dtype=np.uint8, mode="r")
+    """``path`` memory-mapped after the index's checks (sha256 too when ``verify``)."""
+    check_shard(path, entry, digest=verify)
     if verify:
-        digest = sha256_of(buf)
-        if digest != entry.sha256:
-            raise ShardIntegrityError(f"{path}: sha256 {digest[:12]}... does not match the index "
-                                      f"({entry.sha256[:12]}...): the shard is corrupt; re-run `ingest`")
         verified.add(entry.sha256)
-    return buf
+    return np.memmap(path, dtype=np.uint8, mode="r")
 
 
 class S3Store:

@@ -106,14 +106,23 @@ def read_index(path: Path) -> ShardIndex:
     return ShardIndex.from_json(obj, source=str(path))
 
 
+def check_shard(path: Path, entry: ShardEntry, *, digest: bool = True) -> None:
+    """Raise ``ShardIntegrityError`` unless the file at ``path`` has ``entry``'s size (and sha256)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardIntegrityError(f"{path}: shard listed in the index is missing; re-run `ingest`") from None
+    if size != entry.bytes:
+        raise ShardIntegrityError(f"{path}: {size} bytes, the index says {entry.bytes} (truncated or "
+                                  "rewritten); re-run `ingest`")
+    if digest:
+        found = file_sha256(path)
+        if found != entry.sha256:
+            raise ShardIntegrityError(f"{path}: sha256 {found[:12]}... does not match the index "
+                                      f"({entry.sha256[:12]}...): the shard is corrupt; re-run `ingest`")
+
+
 def verify_shard(folder: Path, entry: ShardEntry) -> None:
     """Raise ``ShardIntegrityError`` unless the shard file matches its index entry."""
-    path = Path(folder) / entry.name
-    if not path.is_file():
-        raise ShardIntegrityError(f"{path}: shard listed in the index is missing")
-    size = path.stat().st_size
-    if size != entry.bytes:
-        raise ShardIntegrityError(f"{path}: {size} bytes, the index says {entry.bytes} (truncated?)")
-    digest = file_sha256(path)
-    if digest != entry.sha256:
-        raise ShardIntegrityError(f"{path}: sha256 {digest[:12]}..., the index says {entry.sha256[:12]}...")
+    check_shard(Path(folder) / entry.name, entry)
