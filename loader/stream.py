@@ -31,13 +31,13 @@ from .storage import StoreConfig, open_store
 
 
 def resolve_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): explicit values, else torch.distributed, else RANK/WORLD_SIZE, else (0, 1)."""
-    if rank is not None and world_size is not None:
-        pass
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    """(rank, world size): each explicit value, else torch.distributed, else RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        found = torch.distributed.get_rank(), torch.distributed.get_world_size()
     else:
-        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank = found[0] if rank is None else rank
+    world_size = found[1] if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise InputError(f"rank {rank} is not within world size {world_size}")
     return rank, world_size

@@ -43,7 +43,8 @@ class EvalConfig:
 
 def load_split(config: EvalConfig, split: str) -> dict:
     loader = ShardLoader(config.shards, split, StreamConfig(batch_size=512, shuffle=False, meta=True),
-                         StoreConfig(storage_options=config.storage_options or {}), device="cpu")
+                         StoreConfig(storage_options=config.storage_options or {}), device="cpu",
+                         rank=0, world_size=1)  # the whole split, even if started under torchrun
     meg, fmri, meta = [], [], []
     for batch in loader:
         meg.append(batch["meg"].numpy())
