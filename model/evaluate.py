@@ -98,6 +98,16 @@ def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
     return np.stack([images[m["key"]] for m in meta])
 
 
+def oracle_signal(oracle: np.ndarray, mean_image: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
+    """The mean training image plus the true signal: each held-out run's oracle images minus their
+    mean over the run. No model that predicts from the MEG alone can know the held-out subject's
+    anatomy, so this, not ``oracle``, bounds what the trained models can gain over ``mean_image``."""
+    out = np.empty_like(oracle)
+    for g in by_run:
+        out[g] = mean_image + oracle[g] - oracle[g].mean(axis=0)
+    return np.clip(out, 0, 1)
+
+
 def run_groups(meta: list[dict]) -> list[np.ndarray]:
     """Sample positions of each held-out (subject, run), in time order."""
     groups: dict[tuple, list[tuple[int, int]]] = {}
@@ -122,8 +132,10 @@ def evaluate(config: EvalConfig) -> dict:
         predictions[name] = generator_predictions(Path(folder), held["meg"], width, size)
     if "cgan" not in predictions:
         raise InputError(f"{runs}/cgan/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first")
+    by_run = run_groups(held["meta"])
     if config.oracle is not None:
         predictions["oracle"] = oracle_predictions(Path(config.oracle), held["meta"])
+        predictions["oracle_signal"] = oracle_signal(predictions["oracle"], mean_image, by_run)
     predictions["mean_image"] = np.broadcast_to(mean_image, held["fmri"].shape).copy()
     groups = np.array([m["subject"] for m in train["meta"]])
     weights, alpha = ridge_fit(train["meg"], train["fmri"].reshape(len(groups), -1), groups,
@@ -132,7 +144,7 @@ def evaluate(config: EvalConfig) -> dict:
     predictions["ridge"] = np.clip(ridge.reshape(-1, size, size), 0, 1)
 
     rng = np.random.default_rng(config.seed)
-    real, by_run = held["fmri"], run_groups(held["meta"])
+    real = held["fmri"]
     scores = {name: per_image(pred.astype(np.float64), real.astype(np.float64), mask)
               for name, pred in predictions.items()}
     run_r = {name: np.array([voxel_r(pred[g], real[g], mask) for g in by_run])
@@ -153,6 +165,11 @@ def evaluate(config: EvalConfig) -> dict:
                  for k in ("mse", "ssim", "mse_mask", "ssim_mask")}
         diffs["voxel_r"] = bootstrap_ci(run_r["cgan"] - run_r[name], rng, config.bootstrap)
         paired[f"cgan-{name}"] = diffs
+    # Each method against the mean image: is its gain over "predict the average anatomy" detectable at
+    # all? oracle_signal's interval says whether any model of the MEG could be, on these samples.
+    versus_mean = {name: {k: bootstrap_ci(scores[name][k] - scores["mean_image"][k], rng, config.bootstrap)
+                          for k in ("mse", "ssim", "mse_mask", "ssim_mask")}
+                   for name in predictions if name != "mean_image"}
     settings = {"ssim": SSIM_SETTINGS, "images": "[0, 1], one data_range for every image",
                 "mask": f"mean training image > {config.mask_fraction} x its max ({int(mask.sum())} of "
                         f"{mask.size} px)", "ridge_alpha": alpha, "bootstrap": config.bootstrap,
@@ -163,9 +180,13 @@ def evaluate(config: EvalConfig) -> dict:
                 "oracle": ("noise-free synth truth at each sample's volume and slice, normalised and "
                            "resized like the shards" if config.oracle
                            else "not given (--oracle, synthetic data only)"),
+                "oracle_signal": ("mean training image + the oracle's change from its own run mean: the "
+                                  "ceiling of a model that knows the MEG-driven signal exactly but not the "
+                                  "held-out subject's anatomy" if config.oracle else "needs --oracle"),
                 "config": asdict(config) | {"storage_options": {}},
                 "extra": {name: folder for name, folder in config.extra}}
-    result = {"settings": settings, "rows": rows, "paired_differences_cgan_minus": paired}
+    result = {"settings": settings, "rows": rows, "paired_differences_cgan_minus": paired,
+              "paired_differences_minus_mean_image": versus_mean}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -180,13 +201,18 @@ def markdown(result: dict) -> str:
              "| voxel r |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['name']} | {r['mse']:.4f} [{r['mse_ci'][0]:.4f}, {r['mse_ci'][1]:.4f}] | "
-                     f"{r['ssim']:.3f} [{r['ssim_ci'][0]:.3f}, {r['ssim_ci'][1]:.3f}] | {r['psnr']:.2f} | "
-                     f"{r['pearson']:.3f} | {r['mse_mask']:.4f} | {r['ssim_mask']:.3f} | "
+        lines.append(f"| {r['name']} | {r['mse']:.6f} [{r['mse_ci'][0]:.6f}, {r['mse_ci'][1]:.6f}] | "
+                     f"{r['ssim']:.5f} [{r['ssim_ci'][0]:.5f}, {r['ssim_ci'][1]:.5f}] | {r['psnr']:.2f} | "
+                     f"{r['pearson']:.4f} | {r['mse_mask']:.6f} | {r['ssim_mask']:.5f} | "
                      f"{r['voxel_r']:.3f} |")
     lines += ["", "Paired bootstrap 95% intervals of cgan minus each method:", ""]
     for name, diffs in result["paired_differences_cgan_minus"].items():
-        parts = [f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in diffs.items()]
+        parts = [f"{k} [{lo:+.2e}, {hi:+.2e}]" for k, (lo, hi) in diffs.items()]
+        lines.append(f"- {name}: " + ", ".join(parts))
+    lines += ["", "Paired bootstrap 95% intervals of each method minus mean_image (negative MSE, positive "
+              "SSIM = better than the mean image):", ""]
+    for name, diffs in result["paired_differences_minus_mean_image"].items():
+        parts = [f"{k} [{lo:+.2e}, {hi:+.2e}]" for k, (lo, hi) in diffs.items()]
         lines.append(f"- {name}: " + ", ".join(parts))
     s = result["settings"]["ssim"]
     lines += ["", f"SSIM: {s['library']} {s['function']}, data_range={s['data_range']}, Gaussian window "

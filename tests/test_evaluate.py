@@ -8,6 +8,7 @@ import numpy as np
 
 from meg2fmri.ingest.synth import oracle as synth_oracle
 from meg2fmri.model import evaluate_cli
+from meg2fmri.model.evaluate import oracle_signal
 from meg2fmri.model.metrics import bootstrap_ci, per_image, voxel_r
 from meg2fmri.model.train import TrainConfig, train
 
@@ -26,7 +27,8 @@ def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_pat
     assert evaluate_cli.main(args) == 0
     result = json.loads(report.read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == ["cgan", "no_adversarial", "shuffled", "again", "oracle", "mean_image", "ridge"]
+    assert names == ["cgan", "no_adversarial", "shuffled", "again", "oracle", "oracle_signal", "mean_image",
+                     "ridge"]
     for r in result["rows"]:
         assert {"mse", "ssim", "psnr", "pearson", "mse_ci", "ssim_ci", "voxel_r"} <= set(r)
         assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
@@ -40,6 +42,12 @@ def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_pat
     assert rows["oracle"]["mse"] < 0.01 * rows["mean_image"]["mse"]
     assert rows["oracle"]["pearson"] > rows["mean_image"]["pearson"]
     assert rows["oracle"]["voxel_r"] > rows["ridge"]["voxel_r"]
+    # the truth's change over time on the mean anatomy: it follows the signal as the oracle does
+    assert abs(rows["oracle_signal"]["voxel_r"] - rows["oracle"]["voxel_r"]) < 0.05
+    assert rows["oracle_signal"]["mse"] > 10 * rows["oracle"]["mse"]
+    versus_mean = result["paired_differences_minus_mean_image"]
+    assert set(versus_mean) == set(names) - {"mean_image"}
+    assert versus_mean["oracle"]["mse"][1] < 0  # knowing the held-out anatomy is a large, certain gain
     for name in ("pairs.png", "training_curves.png", "slice_selection.png", "results.md"):
         assert (out / name).stat().st_size > 500
     assert "| cgan |" in capsys.readouterr().out
@@ -58,3 +66,14 @@ def test_metrics_on_known_images():
     assert voxel_r(np.broadcast_to(real[0], real.shape), real, mask) == 0.0
     lo, hi = bootstrap_ci(np.arange(100.0), rng)
     assert lo < 49.5 < hi
+
+
+def test_oracle_signal_is_the_truths_change_on_the_mean_anatomy():
+    rng = np.random.default_rng(1)
+    oracle = rng.uniform(0.3, 0.7, (10, 8, 8))
+    mean_image = rng.uniform(0.2, 0.6, (8, 8))
+    by_run = [np.array([0, 2, 4, 6, 8]), np.array([1, 3, 5, 7, 9])]
+    out = oracle_signal(oracle, mean_image, by_run)
+    for g in by_run:
+        assert np.allclose(out[g].mean(axis=0), mean_image)  # each run averages to the mean image
+        assert np.allclose(np.diff(out[g], axis=0), np.diff(oracle[g], axis=0))  # the same changes
