@@ -192,6 +192,7 @@ def evaluate(config: EvalConfig) -> dict:
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(markdown(result))
     figures(out, real, predictions, held["meta"], runs)
+    changes_figure(out, real, predictions, held["meta"], by_run, mask)
     slice_figure(out, held["index"])
     return result
 
@@ -282,4 +283,57 @@ def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], ru
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[dict],
+                   by_run: list[np.ndarray], mask: np.ndarray) -> None:
+    """What pairs.png cannot show: each image's change from its run's mean (real, and every method),
+    as maps for the pairs.png samples and as the time course of the pixel where the truth (else the
+    real data) varies most over the first held-out run, on one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def centred(images: np.ndarray) -> np.ndarray:
+        change = np.empty_like(images, dtype=np.float64)
+        for g in by_run:
+            change[g] = images[g] - images[g].mean(axis=0)
+        return change
+
+    names = [n for n in predictions if n not in ("mean_image", "oracle")]  # oracle_signal: same change
+    changes = {"real": centred(real)} | {n: centred(predictions[n]) for n in names}
+    reference = changes.get("oracle_signal", changes["real"])
+    scale = float(np.percentile(np.abs(reference[:, mask]), 99.5)) or 1e-6
+    picks = np.linspace(0, len(real) - 1, 6).astype(int)
+    fig = plt.figure(figsize=(1.6 * len(picks) + 1, 1.6 * len(changes) + 3), layout="constrained")
+    grid = fig.add_gridspec(len(changes) + 1, len(picks), height_ratios=[1] * len(changes) + [1.6])
+    maps = []
+    for col, i in enumerate(picks):
+        for row, (name, change) in enumerate(changes.items()):
+            ax = fig.add_subplot(grid[row, col])
+            maps.append(ax)
+            shown = ax.imshow(change[i].T, cmap="RdBu_r", vmin=-scale, vmax=scale, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if row == 0:
+                ax.set_title(f"sub-{meta[i]['subject']} run {meta[i]['run']}\nvol {meta[i]['fmri_volume']}",
+                             fontsize=7)
+    fig.colorbar(shown, ax=maps, shrink=0.5, label="change from run mean")
+    run = by_run[0]
+    pixel = np.unravel_index(np.argmax(np.where(mask, reference[run].var(axis=0), -1)), mask.shape)
+    course = fig.add_subplot(grid[-1, :])
+    volumes = [meta[i]["fmri_volume"] for i in run]
+    for name, change in changes.items():
+        course.plot(volumes, change[run][:, pixel[0], pixel[1]], label=name,
+                    lw=0.6 if name == "real" else 1.2, color="0.6" if name == "real" else None)
+    course.set_xlabel(f"fMRI volume (sub-{meta[run[0]]['subject']} run {meta[run[0]]['run']}), "
+                      f"pixel {pixel[0]}, {pixel[1]}")
+    course.set_ylabel("change")
+    course.legend(fontsize=6, ncol=4)
+    fig.suptitle("held-out samples: change from each run's mean (what the MEG should explain)", fontsize=9)
+    fig.savefig(out / "changes.png", dpi=110)
     plt.close(fig)

@@ -48,7 +48,7 @@ def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_pat
     versus_mean = result["paired_differences_minus_mean_image"]
     assert set(versus_mean) == set(names) - {"mean_image"}
     assert versus_mean["oracle"]["mse"][1] < 0  # knowing the held-out anatomy is a large, certain gain
-    for name in ("pairs.png", "training_curves.png", "slice_selection.png", "results.md"):
+    for name in ("pairs.png", "changes.png", "training_curves.png", "slice_selection.png", "results.md"):
         assert (out / name).stat().st_size > 500
     assert "| cgan |" in capsys.readouterr().out
 
