@@ -53,7 +53,7 @@ demo: $(VENV)/.installed
 		--oracle $(DEMO_DIR)/oracle.npz
 	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
 	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest; runs (checkpoints, log.jsonl) in $(DEMO_DIR)/runs"
-	@echo "demo: results $(DEMO_DIR)/eval/results.md; figures $(DEMO_DIR)/eval/*.png (pairs, training_curves, slice_selection)"
+	@echo "demo: results $(DEMO_DIR)/eval/results.md; figures $(DEMO_DIR)/eval/*.png (pairs, changes, training_curves, slice_selection)"
 
 # After `make demo`: --pairing windows vs --pairing paper with the paper's features (0.64-s channel
 # means, z-scored across channels), both cGANs scored on the same held-out windows pairs. Re-pairs

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"evaluate: results and figures in {args.out} "
-          "(results.md, results.json, pairs.png, training_curves.png, slice_selection.png)")
+          "(results.md, results.json, pairs.png, changes.png, training_curves.png, slice_selection.png)")
     return 0
 
 
