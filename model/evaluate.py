@@ -79,7 +79,7 @@ def generator_predictions(run: Path, meg: np.ndarray, width: int, size: int) -> 
     if (state["model"]["size"], len(keep)) != (size, state["model"]["width"]) or max(keep) >= width:
         raise InputError(f"{run / CHECKPOINT}: trained on {state['model']['width']} features x "
                          f"{state['model']['size']} px, the shards give {width} x {size}")
-    generator = Generator(len(keep), size)
+    generator = Generator(len(keep), size, smooth=state["model"].get("smooth", 0.0))
     generator.load_state_dict(state["generator"])
     generator.eval()
     with torch.no_grad():

@@ -6,7 +6,10 @@ Images are stored in [0, 1] (shards); the generator ends in Tanh, so training ma
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,16 +29,26 @@ class Generator(nn.Module):
     Hidden sizes follow the paper's code (328 -> 512 -> 1024 -> S*S). Dropout after each hidden
     layer is pix2pix's (its generator's only noise source); ``start_from`` sets the output layer so
     that the untrained generator draws the mean training image, and training learns the departures
-    from it that the MEG explains (held-out subjects share no anatomy with the training ones)."""
+    from it that the MEG explains (held-out subjects share no anatomy with the training ones).
+    ``smooth`` > 0 (px) filters that departure with a fixed Gaussian, in training and use: a prior of
+    fMRI analysis the paper does not use (BOLD changes are spatially smooth, pixel noise is not)."""
 
-    def __init__(self, width: int, size: int, hidden: tuple[int, int] = (512, 1024), dropout: float = 0.5):
+    def __init__(self, width: int, size: int, hidden: tuple[int, int] = (512, 1024), dropout: float = 0.5,
+                 smooth: float = 0.0):
         super().__init__()
-        self.width, self.size = width, size
+        self.width, self.size, self.smooth = width, size, smooth
         self.net = nn.Sequential(
             nn.Linear(width, hidden[0]), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden[1], size * size), nn.Tanh(),
         )
+        if smooth:  # a prior the paper does not use: BOLD changes are spatially smooth, pixel noise is not
+            radius = math.ceil(3 * smooth)
+            x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+            g = torch.exp(-0.5 * (x / smooth) ** 2)
+            g /= g.sum()
+            self.register_buffer("kernel", torch.outer(g, g).float()[None, None])
+            self.register_buffer("base", torch.zeros(1, 1, size, size))  # the mean image, Tanh scale
 
     def start_from(self, mean_image: torch.Tensor, weight_scale: float = 0.1) -> None:
         """Output bias = the mean image (``(S, S)`` in [0, 1]) through atanh; output weights scaled."""
@@ -44,9 +57,15 @@ class Generator(nn.Module):
             target = (mean_image.reshape(-1).double() * 2 - 1).clamp(-0.999, 0.999)
             last.bias.copy_(torch.atanh(target).float())
             last.weight.mul_(weight_scale)
+            if self.smooth:
+                self.base.copy_(target.float().view_as(self.base))
 
     def forward(self, meg: torch.Tensor) -> torch.Tensor:
-        return self.net(meg).view(-1, 1, self.size, self.size)
+        out = self.net(meg).view(-1, 1, self.size, self.size)
+        if self.smooth:  # Gaussian filter (sigma ``smooth`` px) of the change from the mean image
+            r = self.kernel.shape[-1] // 2
+            out = self.base + F.conv2d(F.pad(out - self.base, (r, r, r, r), mode="reflect"), self.kernel)
+        return out
 
 
 class Discriminator(nn.Module):

@@ -51,6 +51,7 @@ class TrainConfig:
     # targets, so the models learn what the MEG changes over time, not which subject it came from (a
     # held-out subject's anatomy cannot be predicted from its MEG); "image": the raw slices, as the paper.
     target: str = "deviation"
+    smooth: float = 0.0  # px: Gaussian filter of the generator's change from the mean image; 0 = none (paper)
     seed: int = 0
     checkpoint_every: int = 200  # steps
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all: for tests
@@ -76,8 +77,8 @@ def feature_mask(names: list[str], meg_only: bool) -> list[int]:
     return keep
 
 
-def build_models(width: int, size: int) -> tuple[Generator, Discriminator]:
-    return Generator(width, size), Discriminator(width, size)
+def build_models(width: int, size: int, smooth: float = 0.0) -> tuple[Generator, Discriminator]:
+    return Generator(width, size, smooth=smooth), Discriminator(width, size)
 
 
 def seed_everything(seed: int) -> None:
@@ -181,7 +182,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
-    generator, critic = (m.to(device) for m in build_models(width, size))
+    generator, critic = (m.to(device) for m in build_models(width, size, config.smooth))
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
                              weight_decay=config.weight_decay)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
@@ -221,7 +222,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                      "loader": loader.state_dict(), "rng": rng_state(), "shuffler": shuffler.get_state(),
                      "step": step,
                      "model": {"width": width, "size": size, "features": index.features["kind"],
-                               "feature_index": keep.tolist()},
+                               "feature_index": keep.tolist(), "smooth": config.smooth},
                      "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset},
                     path)
 

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"slices, as the paper (default: {d.target})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help=f"L2 penalty on the generator's weights (paper: none; default: {d.weight_decay})")
+    p.add_argument("--smooth", type=float, default=d.smooth, metavar="SIGMA",
+                   help="Gaussian filter (sigma in pixels) of the generated change from the mean image: BOLD "
+                        f"changes are spatially smooth, pixel noise is not; 0 = none, as the paper (default: "
+                        f"{d.smooth})")
     p.add_argument("--meg-only", action="store_true", help="use the 306 MEG channels' features only")
     p.add_argument("--seed", type=int, default=d.seed,
                    help=f"seed for weights and data order (default: {d.seed})")
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
                          recon_weight=args.recon_weight, weight_decay=args.weight_decay, target=args.target,
-                         meg_only=args.meg_only, seed=args.seed,
+                         meg_only=args.meg_only, seed=args.seed, smooth=args.smooth,
                          checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
                          num_workers=args.workers, device=args.device, resume=args.resume,
                          storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else {})

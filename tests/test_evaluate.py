@@ -15,9 +15,10 @@ from meg2fmri.model.train import TrainConfig, train
 
 def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_path, capsys):
     runs = tmp_path / "runs"
-    for variant in ("cgan", "no_adversarial", "shuffled"):
+    for variant in ("cgan", "no_adversarial", "shuffled"):  # one with --smooth: its checkpoint must say so
         train(TrainConfig(shards=str(ingested), out=str(runs / variant), variant=variant, epochs=1,
-                          batch_size=16, device="cpu"), progress=False)
+                          batch_size=16, device="cpu", smooth=1.0 if variant == "no_adversarial" else 0.0),
+              progress=False)
     oracle = tmp_path / "oracle.npz"
     oracle_args = ["--bids-root", str(tiny_root), "--ingest", str(ingested), "--out", str(oracle)]
     assert synth_oracle.main(oracle_args) == 0

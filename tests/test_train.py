@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,25 @@ def test_training_means_read_the_whole_split_on_every_rank(ingested, monkeypatch
     on_rank = training_means(config, 32)
     assert torch.equal(alone.image, on_rank.image) and torch.equal(alone.run_of, on_rank.run_of)
     assert torch.equal(alone.run_offsets, on_rank.run_offsets)
+
+
+def test_smooth_generator_filters_only_its_change_from_the_mean_image():
+    from scipy import ndimage
+
+    from meg2fmri.model.nets import Generator
+
+    torch.manual_seed(0)
+    plain, smooth = Generator(12, 16), Generator(12, 16, smooth=1.0)
+    smooth.net.load_state_dict(plain.net.state_dict())
+    mean_image = torch.rand(16, 16) * 0.6 + 0.2
+    for g in (plain, smooth):
+        g.start_from(mean_image)
+        g.eval()
+    meg = torch.randn(5, 12)
+    with torch.no_grad():
+        raw, out = plain(meg)[:, 0].double().numpy(), smooth(meg)[:, 0].double().numpy()
+    base = (mean_image.double() * 2 - 1).numpy()
+    expected = base + ndimage.gaussian_filter(raw - base, (0, 1.0, 1.0), mode="mirror", truncate=3.0)
+    assert abs(out - expected).max() < 1e-5
+    # the filter takes out pixel noise: less change between neighbouring pixels than unfiltered
+    assert abs(np.diff(out - base, axis=-1)).mean() < 0.5 * abs(np.diff(raw - base, axis=-1)).mean()
