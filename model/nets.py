@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meg2fmri.shards.errors import InputError
+
 
 def to_tanh(image: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1]."""
@@ -44,6 +46,9 @@ class Generator(nn.Module):
         )
         if smooth:  # a prior the paper does not use: BOLD changes are spatially smooth, pixel noise is not
             radius = math.ceil(3 * smooth)
+            if radius >= size:
+                raise InputError(f"smooth={smooth} px: the filter (radius {radius} px) is too wide for "
+                                 f"{size}-px images; use a sigma below {size / 3:.1f}")
             x = torch.arange(-radius, radius + 1, dtype=torch.float64)
             g = torch.exp(-0.5 * (x / smooth) ** 2)
             g /= g.sum()

@@ -65,6 +65,8 @@ class TrainConfig:
             raise InputError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
         if self.target not in ("deviation", "image"):
             raise InputError(f"target must be 'deviation' or 'image', not {self.target!r}")
+        if self.smooth < 0:
+            raise InputError(f"smooth is a Gaussian sigma in pixels, >= 0 (0 = no filter), not {self.smooth}")
 
 
 def feature_mask(names: list[str], meg_only: bool) -> list[int]:
@@ -107,7 +109,7 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, width: int, size: int) -> dict:
+def load_checkpoint(path: Path, width: int, size: int, smooth: float) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -116,6 +118,9 @@ def load_checkpoint(path: Path, width: int, size: int) -> dict:
         raise InputError(f"{path}: checkpoint is for {state['model']['width']} features x "
                          f"{state['model']['size']} px images, these shards give {width} x {size}; "
                          "use the shards it was trained on, or a new --out")
+    if state["model"].get("smooth", 0.0) != smooth:
+        raise InputError(f"{path}: checkpoint was trained with --smooth {state['model'].get('smooth', 0.0)}, "
+                         f"not {smooth}; resume with its value, or use a new --out")
     return state
 
 
@@ -179,10 +184,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     device, index = loader.device, loader.index
     keep = torch.tensor(feature_mask(index.features["names"], config.meg_only), device=device)
     width, size = len(keep), index.image_size
+    generator, critic = (m.to(device) for m in build_models(width, size, config.smooth))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
-    generator, critic = (m.to(device) for m in build_models(width, size, config.smooth))
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
                              weight_decay=config.weight_decay)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
@@ -190,7 +195,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma)
     step = 0
     if config.resume:
-        state = load_checkpoint(path, width, size)
+        state = load_checkpoint(path, width, size, config.smooth)
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
         for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):

@@ -68,6 +68,11 @@ def test_bad_inputs_fail_before_training(ingested, tmp_path, capsys):
         train(config(shards=other, resume=True), progress=False)
     with pytest.raises(InputError, match="checkpoint is for 328 features"):
         train(config(resume=True, meg_only=True), progress=False)
+    with pytest.raises(InputError, match="trained with --smooth 0.0, not 1.0"):
+        train(config(resume=True, smooth=1.0), progress=False)
+    with pytest.raises(InputError, match="too wide"):
+        train(config(out=str(tmp_path / "wide"), smooth=20.0), progress=False)
+    assert not (tmp_path / "wide").exists()
 
 
 def test_torchrun_ddp_training_on_cpu(ingested, tmp_path):
