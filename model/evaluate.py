@@ -98,14 +98,19 @@ def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
     return np.stack([images[m["key"]] for m in meta])
 
 
+def run_changes(images: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
+    """Each image minus the mean of its run's images (float64): the change over time within a run."""
+    change = np.empty_like(images, dtype=np.float64)
+    for g in by_run:
+        change[g] = images[g] - images[g].mean(axis=0)
+    return change
+
+
 def oracle_signal(oracle: np.ndarray, mean_image: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
     """The mean training image plus the true signal: each held-out run's oracle images minus their
     mean over the run. No model that predicts from the MEG alone can know the held-out subject's
     anatomy, so this, not ``oracle``, bounds what the trained models can gain over ``mean_image``."""
-    out = np.empty_like(oracle)
-    for g in by_run:
-        out[g] = mean_image + oracle[g] - oracle[g].mean(axis=0)
-    return np.clip(out, 0, 1)
+    return np.clip(mean_image + run_changes(oracle, by_run), 0, 1).astype(oracle.dtype)
 
 
 def run_groups(meta: list[dict]) -> list[np.ndarray]:
@@ -296,14 +301,8 @@ def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def centred(images: np.ndarray) -> np.ndarray:
-        change = np.empty_like(images, dtype=np.float64)
-        for g in by_run:
-            change[g] = images[g] - images[g].mean(axis=0)
-        return change
-
     names = [n for n in predictions if n not in ("mean_image", "oracle")]  # oracle_signal: same change
-    changes = {"real": centred(real)} | {n: centred(predictions[n]) for n in names}
+    changes = {"real": run_changes(real, by_run)} | {n: run_changes(predictions[n], by_run) for n in names}
     reference = changes.get("oracle_signal", changes["real"])
     scale = float(np.percentile(np.abs(reference[:, mask]), 99.5)) or 1e-6
     picks = np.linspace(0, len(real) - 1, 6).astype(int)
