@@ -250,20 +250,19 @@ def slice_figure(out: Path, index) -> None:
     plt.close(fig)
 
 
-def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:
-    import matplotlib
+FIGURE_SAMPLES = 6  # held-out samples shown in pairs.png and changes.png, evenly spaced
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    picks = np.linspace(0, len(real) - 1, 6).astype(int)
-    names = ["real", *predictions]
-    fig, axes = plt.subplots(len(names), len(picks), figsize=(1.6 * len(picks), 1.6 * len(names)))
+def sample_grid(axis, rows: dict[str, np.ndarray], meta: list[dict], **style) -> tuple[list, object]:
+    """Draw ``FIGURE_SAMPLES`` evenly spaced samples (columns) of each named image stack (rows) on the
+    axes ``axis(row, col)`` gives; return the axes and the last image drawn (for a colour bar)."""
+    picks = np.linspace(0, len(meta) - 1, FIGURE_SAMPLES).astype(int)
+    drawn, shown = [], None
     for col, i in enumerate(picks):
-        for row, name in enumerate(names):
-            image = real[i] if name == "real" else predictions[name][i]
-            ax = axes[row, col]
-            ax.imshow(image.T, cmap="gray", vmin=0, vmax=1, origin="lower")
+        for row, (name, images) in enumerate(rows.items()):
+            ax = axis(row, col)
+            drawn.append(ax)
+            shown = ax.imshow(images[i].T, origin="lower", **style)
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
@@ -271,6 +270,18 @@ def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], ru
             if row == 0:
                 ax.set_title(f"sub-{meta[i]['subject']} run {meta[i]['run']}\nvol {meta[i]['fmri_volume']}",
                              fontsize=7)
+    return drawn, shown
+
+
+def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"real": real} | predictions
+    fig, axes = plt.subplots(len(rows), FIGURE_SAMPLES, figsize=(1.6 * FIGURE_SAMPLES, 1.6 * len(rows)))
+    sample_grid(lambda row, col: axes[row, col], rows, meta, cmap="gray", vmin=0, vmax=1)
     fig.suptitle("held-out samples: real vs predicted (data range [0, 1])", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "pairs.png", dpi=110)
@@ -305,22 +316,10 @@ def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[di
     changes = {"real": run_changes(real, by_run)} | {n: run_changes(predictions[n], by_run) for n in names}
     reference = changes.get("oracle_signal", changes["real"])
     scale = float(np.percentile(np.abs(reference[:, mask]), 99.5)) or 1e-6
-    picks = np.linspace(0, len(real) - 1, 6).astype(int)
-    fig = plt.figure(figsize=(1.6 * len(picks) + 1, 1.6 * len(changes) + 3), layout="constrained")
-    grid = fig.add_gridspec(len(changes) + 1, len(picks), height_ratios=[1] * len(changes) + [1.6])
-    maps = []
-    for col, i in enumerate(picks):
-        for row, (name, change) in enumerate(changes.items()):
-            ax = fig.add_subplot(grid[row, col])
-            maps.append(ax)
-            shown = ax.imshow(change[i].T, cmap="RdBu_r", vmin=-scale, vmax=scale, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if row == 0:
-                ax.set_title(f"sub-{meta[i]['subject']} run {meta[i]['run']}\nvol {meta[i]['fmri_volume']}",
-                             fontsize=7)
+    fig = plt.figure(figsize=(1.6 * FIGURE_SAMPLES + 1, 1.6 * len(changes) + 3), layout="constrained")
+    grid = fig.add_gridspec(len(changes) + 1, FIGURE_SAMPLES, height_ratios=[1] * len(changes) + [1.6])
+    maps, shown = sample_grid(lambda row, col: fig.add_subplot(grid[row, col]), changes, meta,
+                              cmap="RdBu_r", vmin=-scale, vmax=scale)
     fig.colorbar(shown, ax=maps, shrink=0.5, label="change from run mean")
     run = by_run[0]
     pixel = np.unravel_index(np.argmax(np.where(mask, reference[run].var(axis=0), -1)), mask.shape)

@@ -160,8 +160,9 @@ def training_means(config: TrainConfig, size: int) -> TrainingMeans:
     if (run_of < 0).any():
         raise InputError(f"{config.shards}: the training split yielded {int((run_of >= 0).sum())} of "
                          f"{loader.samples} samples")
-    run_means = torch.stack(sums) / torch.tensor(counts, dtype=torch.float64)[:, None, None]
-    mean = torch.stack(sums).sum(dim=0) / sum(counts)
+    sums = torch.stack(sums)
+    run_means = sums / torch.tensor(counts, dtype=torch.float64)[:, None, None]
+    mean = sums.sum(dim=0) / sum(counts)
     return TrainingMeans(mean.float(), (mean - run_means).float(), run_of)
 
 
