@@ -1,6 +1,7 @@
 """``bench ingest``: ingest with 1 worker vs all cores, against merely reading the same inputs.
 
-On the ``demo`` preset (written by ``synth`` into the work folder if no --bids-root is given).
+On the ``bench`` preset (earlier versions' demo preset: 12 subjects x 3 runs at 106x106x72), written by
+``synth`` into the work folder if no --bids-root is given.
 Each configuration gets an untimed warm-up (Ray workers start, numba loads its cache), then the
 timed repeats; inputs are page-cached by then, for every configuration alike. Ray's own start-up
 is not timed. ``read_only`` is what any pipeline pays at least: ``mne.io.read_raw_fif(preload=True)``
@@ -32,7 +33,7 @@ from .report import row
 def demo_dataset(work: Path) -> Path:
     root = work / "demo-bids"
     if not (root / TRUTH / "synth_config.json").is_file():
-        write_dataset(SynthConfig.from_preset("demo", root), jobs=len(os.sched_getaffinity(0)))
+        write_dataset(SynthConfig.from_preset("bench", root), jobs=len(os.sched_getaffinity(0)))
     return root
 
 

@@ -29,6 +29,16 @@ def run_list(text: str) -> tuple[int, ...] | None:
     return tuple(sorted(runs))
 
 
+def story_list(text: str) -> tuple[int, ...]:
+    """``none`` (hold out no story: split by subject only) or story numbers as for ``--runs``."""
+    if text == "none":
+        return ()
+    stories = run_list(text)
+    if stories is None:
+        raise argparse.ArgumentTypeError("--held-out-stories cannot be 'all': training needs a story")
+    return stories
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest",
@@ -63,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     pairing.add_argument("--epoch", type=float, default=0.64,
                          help="windows: seconds of MEG per sample (the paper's epoch: 0.64)")
     pairing.add_argument("--slice", type=int, default=None,
-                         help="fixed axial slice (0-based) for every run instead of the correlation choice")
-    p.add_argument("--held-out", type=id_list, default=None, metavar="01,02",
-                   help="held-out subjects (default: the highest-numbered female and male)")
+                         help="fixed axial slice (0-based) for every run; default: the slice whose mean "
+                         "best follows the MEG profile, averaged over the training runs only")
+    split = p.add_argument_group("split (train / test / seen_story / seen_subject; see README: 'Splits')")
+    split.add_argument("--held-out", "--held-out-subjects", dest="held_out", type=id_list, default=None,
+                       metavar="01,02",
+                       help="held-out subjects (default: the highest-numbered female and male)")
+    split.add_argument("--held-out-stories", type=story_list, default=None, metavar="6,12|none",
+                       help="held-out stories (= runs): default every sixth story ingested (6, 12, ...; "
+                       "if none is ingested, the highest-numbered); 'none' splits by subject only")
     p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard")
     p.add_argument("--workers", type=int, default=None,
                    help="local Ray worker CPUs (default: all cores)")
@@ -93,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice,
                                   args.epoch),
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
-            shard_samples=args.shard_samples, workers=args.workers, ray_address=args.ray_address)
+            held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
+            ray_address=args.ray_address)
         report = run_ingest(config, progress=not args.quiet)
     except Meg2fmriError as err:
         print(f"ingest: error: {err}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,10 +13,10 @@ from tqdm import tqdm
 
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.index import ShardIndex
-from meg2fmri.shards.split import held_out_subjects, split_of
+from meg2fmri.shards.split import SPLITS, held_out_stories, held_out_subjects, split_of
 
 from . import cache
-from .pairing import feature_names
+from .pairing import consensus_slice, feature_names
 from .pipeline import (
     IngestConfig,
     RunTask,
@@ -33,6 +35,7 @@ from .shard_writer import SHARD_DIR, write_shards
 class IngestReport:
     results: list[dict]  # one per (subject, run), sorted
     held_out: tuple[str, ...]
+    held_out_stories: tuple[int, ...]
     index: ShardIndex | None
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # plan, tasks, shards
@@ -92,12 +95,22 @@ def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
     return ingest_run(task, config)
 
 
-def run_tasks(tasks: list[RunTask], config: IngestConfig, progress: bool) -> list[dict]:
+@contextmanager
+def ray_session(config: IngestConfig):
     ray, started = start_ray(config)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
+              desc: str = "ingest") -> list[dict]:
     remote = ray.remote(num_cpus=1, max_retries=0)(ray_ingest_run)
     refs = {remote.remote(task, config): task for task in tasks}
     results = []
-    bar = tqdm(total=len(tasks), desc="ingest", unit="run", disable=not progress)
+    bar = tqdm(total=len(tasks), desc=desc, unit="run", disable=not progress)
     try:
         pending = list(refs)
         while pending:
@@ -113,9 +126,24 @@ def run_tasks(tasks: list[RunTask], config: IngestConfig, progress: bool) -> lis
                 bar.update()
     finally:
         bar.close()
-        if started:
-            ray.shutdown()
     return results
+
+
+def choose_slice(ray, tasks: list[RunTask], config: IngestConfig, train: set[tuple[str, int]],
+                 progress: bool) -> tuple[IngestConfig, list[dict], dict]:
+    """Cache every run and choose one slice from the *training* runs' correlation profiles; return
+    the config with that slice, the failed runs, and how the slice was chosen (for the index)."""
+    results = run_tasks(ray, tasks, config, progress, desc="ingest (cache, slice profiles)")
+    failed = [r for r in results if not r["ok"]]
+    profiles = [np.array(r["profile"], dtype=float) for r in results
+                if r["ok"] and (r["subject"], r["run"]) in train]
+    if not profiles:
+        raise InputError("no training run could be ingested, so no slice can be chosen; see the errors "
+                         "above, or pass --slice")
+    chosen = consensus_slice(profiles)
+    pairing = dataclasses.replace(config.pairing, slice=chosen)
+    how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(profiles)} training runs"}
+    return dataclasses.replace(config, pairing=pairing), failed, how
 
 
 def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
@@ -128,58 +156,71 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     if missing:
         raise InputError(f"participants.tsv has no row for sub-{missing[0]} (needed for the split)")
     held_out = held_out_subjects({s: sexes[s] for s in subjects}, config.held_out)
+    stories = held_out_stories([t.run for t in tasks], config.held_out_stories)
+    split = {(t.subject, t.run): split_of(t.subject, t.run, held_out, stories) for t in tasks}
     config.out.mkdir(parents=True, exist_ok=True)
     root = cache.open_root(config.out, dataset, None if config.from_cache else sexes)
     cache.remove_partials(root)
-    reset_work(config)
-    remove_temporaries(config)
-    done = done_runs(config, tasks)
-    results = [result_of_done(config, s, r) for s, r in sorted(done)]
-    todo = [t for t in tasks if (t.subject, t.run) not in done]
     seconds = {"plan": time.perf_counter() - clock}
     clock = time.perf_counter()
-    if todo:
-        results += run_tasks(todo, config, progress)
+    failed: list[dict] = []
+    slice_choice = {"slice": config.pairing.slice, "chosen_from": "--slice"}
+    with ray_session(config) as ray:
+        if config.pairing.slice is None:
+            config, failed, slice_choice = choose_slice(
+                ray, tasks, config, {k for k, v in split.items() if v == "train"}, progress)
+            tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
+        reset_work(config)
+        remove_temporaries(config)
+        done = done_runs(config, tasks)
+        results = failed + [result_of_done(config, s, r) for s, r in sorted(done)]
+        todo = [t for t in tasks if (t.subject, t.run) not in done]
+        if todo:
+            results += run_tasks(ray, todo, config, progress)
     seconds["tasks"] = time.perf_counter() - clock
     results.sort(key=lambda r: (r["subject"], r["run"]))
     for r in results:
-        r["split"] = split_of(r["subject"], held_out)
+        r["split"] = split[(r["subject"], r["run"])]
     ok = [(r["subject"], r["run"]) for r in results if r["ok"]]
     index = None
     clock = time.perf_counter()
     if ok:
         first = cache.read_run(root, *ok[0])
         names = feature_names(config.pairing, first.attrs["ch_names"])
-        index = write_shards(config, ok, held_out, {
+        index = write_shards(config, ok, split, {
             "dataset": dataset,
             "features": {"kind": config.pairing.features, "width": len(names), "names": names},
             "image_size": config.pairing.size,
-            "split": {"train": [s for s in subjects if s not in held_out], "held_out": list(held_out)},
-            "config": config.to_json(),
+            "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
+                                   "held_out": list(held_out)},
+                      "stories": {"train": sorted({t.run for t in tasks} - set(stories)),
+                                  "held_out": list(stories)}},
+            "config": config.to_json() | {"slice_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
                       "slice_correlation": slice_profile(config, r["subject"], r["run"])}
                      for r in results if r["ok"]],
             "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
         })
     seconds["shards"] = time.perf_counter() - clock
-    return IngestReport(results, held_out, index, notes, seconds)
+    return IngestReport(results, held_out, stories, index, notes, seconds)
 
 
 def summary_table(report: IngestReport) -> str:
-    lines = [f"{'subject':<8}{'run':>4}  {'split':<9}{'samples':>8}{'slice':>6}  status"]
+    lines = [f"{'subject':<8}{'run':>4}  {'split':<13}{'samples':>8}{'slice':>6}  status"]
     for r in report.results:
         if r["ok"]:
             status = "ok (cached earlier)" if r.get("resumed") else "ok"
-            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<9}{r['count']:>8}{r['slice']:>6}"
+            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<13}{r['count']:>8}{r['slice']:>6}"
             lines.append(f"{row}  {status}")
-            lines += [f"{'':<37}warning: {w}" for w in r["warnings"]]
+            lines += [f"{'':<41}warning: {w}" for w in r["warnings"]]
         else:
-            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<9}{'-':>8}{'-':>6}"
+            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<13}{'-':>8}{'-':>6}"
             lines.append(f"{row}  FAILED: {r['error']}")
     if report.index is not None:
-        counts = {s: report.index.count(s) for s in ("train", "held_out")}
-        lines.append(f"shards: {len(report.index.shards)}, samples: train {counts['train']}, "
-                     f"held_out {counts['held_out']} (held-out subjects: {', '.join(report.held_out)})")
+        counts = ", ".join(f"{s} {report.index.count(s)}" for s in SPLITS)
+        lines.append(f"shards: {len(report.index.shards)}, samples: {counts} (held-out subjects: "
+                     f"{', '.join(report.held_out)}; held-out stories: "
+                     f"{', '.join(map(str, report.held_out_stories)) or 'none'})")
     lines += [f"note: {n}" for n in report.notes]
     if report.failed:
         lines.append(f"{len(report.failed)} run(s) FAILED; fix them and run ingest again "

@@ -9,10 +9,13 @@ seconds -> MEG samples with the 100 Hz rate, seconds -> volumes with TR.
   story onset; the slice whose mean time series best correlates with the MEG temporal profile
   (the epoch averaged over channels); that slice at window index 32.
 - ``windows``: an epoch every ``stride`` seconds of the story, each paired with the volume
-  acquired ``lag`` seconds later in story time; one slice per run (``slice`` fixed, or the slice
-  whose mean over the paired volumes best correlates with the epochs' MEG power across the run:
-  BOLD follows power). Either automatic choice picks the target using the input, as the paper
-  does; ``--slice`` avoids that.
+  acquired ``lag`` seconds later in story time.
+
+One slice for every run: ``slice`` fixed, or chosen by the driver as the slice whose mean series
+best correlates with the MEG profile (paper: the 64-volume window against the epoch's channel mean;
+windows: the paired volumes against the epochs' MEG power, as BOLD follows power), averaged over the
+*training* runs only. The paper picks a slice per run, held-out runs included, which chooses a
+held-out target with its own data; we do not.
 
 Features: ``mean`` (the paper's time-mean vector, z-scored across channels) or ``bandpower``
 (log power per channel in the canonical bands over the epoch, z-scored across channels per band).
@@ -120,15 +123,28 @@ class RunPairs:
     warnings: list[str]
 
 
-def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
+@dataclass
+class Windows:
+    """Where a run's samples sit: MEG epoch starts (cached 100 Hz samples), paired volumes, the MEG
+    profile and the slice-mean table that the slice choice correlates."""
+
+    starts: list[int]
+    volumes: list[int]
+    length: int  # MEG samples per epoch
+    meg_onset: int  # MEG sample of story time 0
+    profile: np.ndarray
+    table: np.ndarray  # (len(profile), slices) slice means at the profile's times
+    warnings: list[str]
+
+
+def run_windows(run: CachedRun, config: PairingConfig, meg: np.ndarray | None = None) -> Windows:
     a = run.attrs
     sfreq, tr = a["meg_sfreq"], a["fmri_tr"]
-    meg = run.meg[:]
-    power = band_power(meg, sfreq) if config.features == "bandpower" else None
+    meg = run.meg[:] if meg is None else meg
     warnings: list[str] = []
     meg_onset = round(a["meg_story_onset_s"] * sfreq)  # MEG sample of story time 0
     fmri_onset = a["fmri_story_onset_s"]
-    n_vols, n_slices = run.slice_means.shape
+    n_vols = run.slice_means.shape[0]
     length = EPOCH_SAMPLES if config.pairing == "paper" else round(config.epoch * sfreq)
     if config.pairing == "paper":
         if meg_onset < 0:
@@ -140,37 +156,64 @@ def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
             raise InputError(f"{run.name}: {n_vols} volumes, the paper's 64-volume window from volume "
                              f"{first_volume} does not fit")
         volumes = [first_volume + WINDOW_INDEX]
-        epoch = meg[:, starts[0]:starts[0] + length]
-        profile = epoch.mean(axis=0)
+        profile = meg[:, starts[0]:starts[0] + length].mean(axis=0)
         table = run.slice_means[first_volume:first_volume + WINDOW_VOLUMES]
-    else:
-        duration = a["story_duration_s"]
-        starts, volumes, profile_values = [], [], []
-        for i in range(int(duration // config.stride) + 1):
-            tau = i * config.stride
-            start = meg_onset + round(tau * sfreq)
-            volume = round((fmri_onset + tau + config.lag) / tr)
-            if tau + length / sfreq > duration or volume >= n_vols:
-                break
-            if start < 0 or start + length > meg.shape[1]:
-                continue  # the MEG file does not cover this epoch
-            starts.append(start)
-            volumes.append(volume)
-            profile_values.append((meg[:, start:start + length] ** 2).mean())
-        if len(starts) < 2:
-            raise InputError(f"{run.name}: fewer than 2 windows fit the story; lower --stride or --lag")
-        profile = np.array(profile_values)
-        table = run.slice_means[volumes]
-    correlation = correlate_slices(table, profile)
-    chosen = int(np.argmax(correlation)) if config.slice is None else config.slice
+        return Windows(starts, volumes, length, meg_onset, profile, table, warnings)
+    duration = a["story_duration_s"]
+    starts, volumes, profile_values = [], [], []
+    for i in range(int(duration // config.stride) + 1):
+        tau = i * config.stride
+        start = meg_onset + round(tau * sfreq)
+        volume = round((fmri_onset + tau + config.lag) / tr)
+        if tau + length / sfreq > duration or volume >= n_vols:
+            break
+        if start < 0 or start + length > meg.shape[1]:
+            continue  # the MEG file does not cover this epoch
+        starts.append(start)
+        volumes.append(volume)
+        profile_values.append((meg[:, start:start + length] ** 2).mean())
+    if len(starts) < 2:
+        raise InputError(f"{run.name}: fewer than 2 windows fit the story; lower --stride or --lag")
+    return Windows(starts, volumes, length, meg_onset, np.array(profile_values), run.slice_means[volumes],
+                   warnings)
+
+
+def slice_correlation(run: CachedRun, config: PairingConfig) -> np.ndarray:
+    """Per axial slice, the correlation of the slice mean with the run's MEG profile (paper, Fig. 1)."""
+    windows = run_windows(run, config)
+    return correlate_slices(windows.table, windows.profile)
+
+
+def consensus_slice(profiles: list[np.ndarray]) -> int:
+    """The slice with the highest mean correlation over ``profiles`` (the *training* runs' only: a
+    held-out run's target must not be chosen with its own data)."""
+    table = np.stack(profiles)
+    mean = np.nanmean(np.where(np.isfinite(table), table, np.nan), axis=0)
+    if not np.isfinite(mean).any():
+        raise InputError("no slice correlates with the MEG profile in any training run; pass --slice")
+    return int(np.nanargmax(mean))
+
+
+def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
+    """The run's (MEG features, slice) pairs at ``config.slice`` (which the driver resolves)."""
+    if config.slice is None:
+        raise InputError(f"{run.name}: pairing needs a slice; the driver chooses one from training runs")
+    sfreq = run.attrs["meg_sfreq"]
+    meg = run.meg[:]
+    power = band_power(meg, sfreq) if config.features == "bandpower" else None
+    windows = run_windows(run, config, meg)
+    correlation = correlate_slices(windows.table, windows.profile)
+    chosen, n_slices = config.slice, run.slice_means.shape[1]
     if not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
+    starts, volumes, length, meg_onset = windows.starts, windows.volumes, windows.length, windows.meg_onset
     features = np.stack([epoch_features(meg, power, s, length) for s in starts])
     if power is not None and len(starts) > 1:
         features = standardise_over_time(features)
     features = features.astype(np.float32)
     images = np.stack([resize_bilinear(run.image(v, chosen), config.size) for v in volumes])
+    tr, fmri_onset = run.attrs["fmri_tr"], run.attrs["fmri_story_onset_s"]
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),
              "meg_sample": int(s), "fmri_volume": int(v), "fmri_time_s": round(v * tr - fmri_onset, 4),
              "slice": chosen} for s, v in zip(starts, volumes, strict=True)]
-    return RunPairs(features, np.clip(images, 0, 1), meta, chosen, correlation, warnings)
+    return RunPairs(features, np.clip(images, 0, 1), meta, chosen, correlation, windows.warnings)

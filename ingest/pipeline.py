@@ -26,7 +26,7 @@ from meg2fmri.shards.index import INDEX_NAME, read_index
 
 from . import cache
 from .bids_io import RunFiles, dataset_fingerprint, find_runs, fmri_story, participant_sexes, repetition_time
-from .pairing import PairingConfig, pair_run
+from .pairing import PairingConfig, pair_run, slice_correlation
 from .preprocess import preprocess_fmri, preprocess_meg
 
 WORK = ".work"
@@ -43,6 +43,7 @@ class IngestConfig:
     preprocessed: bool = False  # read derivatives/preprocessed_data (MEG tSSS+ICA, MNI bold)
     from_cache: bool = False  # re-pair from the Zarr cache; never touch FIF/NIfTI
     held_out: tuple[str, ...] | None = None  # None = one female + one male (shards.split)
+    held_out_stories: tuple[int, ...] | None = None  # None = every sixth story (shards.split); () = none
     shard_samples: int = 1000
     workers: int | None = None  # local Ray CPUs; None = all cores
     ray_address: str | None = None
@@ -137,7 +138,9 @@ def reset_peak_memory() -> None:
 
 
 def ingest_run(task: RunTask, config: IngestConfig) -> dict:
-    """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair. Never raises
+    """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair at
+    ``config.pairing.slice``; with no slice yet, return the run's slice-correlation profile instead
+    (``"profile"``), from which the driver chooses one slice over the training runs. Never raises
     for bad input: returns ``{"ok": False, "error": ...}`` naming the file."""
     name = f"sub-{task.subject}_run-{task.run}"
     root = config.out / cache.CACHE_NAME
@@ -167,6 +170,11 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
             del meg, fmri
             decoded = True
         cached = cache.read_run(root, task.subject, task.run)
+        if config.pairing.slice is None:
+            profile = slice_correlation(cached, config.pairing)
+            return {"subject": task.subject, "run": task.run, "ok": True, "decoded": decoded,
+                    "profile": profile.tolist(), "decoded_mb": decoded_mb,
+                    "peak_task_mb": resident_mb("VmHWM") - baseline_mb, "seconds": seconds}
         pairs = pair_run(cached, config.pairing)
         folder = pairs_dir(config)
         folder.mkdir(parents=True, exist_ok=True)

@@ -12,18 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from meg2fmri.shards.format import Sample, sample_key, write_shard
-from meg2fmri.shards.index import SPLITS, ShardEntry, ShardIndex, file_sha256, write_index
-from meg2fmri.shards.split import split_of
+from meg2fmri.shards.index import ShardEntry, ShardIndex, file_sha256, write_index
+from meg2fmri.shards.split import SPLITS
 
 from .pipeline import IngestConfig, load_pairs
 
 SHARD_DIR = "shards"
 
 
-def split_samples(config: IngestConfig, runs: list[tuple[str, int]], held_out: tuple[str, ...],
+def split_samples(config: IngestConfig, runs: list[tuple[str, int]], split_of: dict[tuple[str, int], str],
                   split: str) -> Iterator[Sample]:
     for subject, run in runs:
-        if split_of(subject, held_out) != split:
+        if split_of[(subject, run)] != split:
             continue
         meg, fmri, meta = load_pairs(config, subject, run)
         for i, m in enumerate(meta):
@@ -41,14 +41,14 @@ def chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def write_shards(config: IngestConfig, runs: list[tuple[str, int]], held_out: tuple[str, ...],
+def write_shards(config: IngestConfig, runs: list[tuple[str, int]], split_of: dict[tuple[str, int], str],
                  index_fields: dict) -> ShardIndex:
     """Write every split's shards under ``out/shards/`` and then ``out/index.json``."""
     folder = config.out / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     entries: list[ShardEntry] = []
     for split in SPLITS:
-        for number, batch in enumerate(chunks(split_samples(config, runs, held_out, split),
+        for number, batch in enumerate(chunks(split_samples(config, runs, split_of, split),
                                               config.shard_samples)):
             name = f"{split}-{number:06d}.tar"
             tmp = folder / f".{name}.tmp-{os.getpid()}"

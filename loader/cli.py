@@ -13,6 +13,7 @@ import sys
 from tqdm import tqdm
 
 from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.split import SPLITS
 
 from .decode import SampleLayout, shard_arrays
 from .storage import StoreConfig, open_store
@@ -60,9 +61,11 @@ def info(source: str, config: StoreConfig) -> int:
     index = open_store(source, config).read_index()
     print(f"dataset   {index.dataset.get('name', '?')} ({index.dataset.get('fingerprint', '')[:12]})")
     print(f"features  {index.features['kind']} x {index.features['width']}; images {index.image_size}^2")
-    for split, subjects in index.split.items():
+    print(f"held out  subjects {', '.join(index.held_out('subjects'))}; stories "
+          f"{', '.join(map(str, index.held_out('stories'))) or 'none'}")
+    for split in SPLITS:
         n = sum(1 for e in index.shards if e.split == split)
-        print(f"{split:9s} {index.count(split)} samples in {n} shards; subjects {', '.join(subjects)}")
+        print(f"{split:12s} {index.count(split)} samples in {n} shards")
     if index.failed:
         print(f"failed    {len(index.failed)} runs: " + ", ".join(f"sub-{f['subject']} run-{f['run']}"
                                                             for f in index.failed))

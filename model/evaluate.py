@@ -1,17 +1,24 @@
-"""Score the trained variants and honest baselines on the held-out subjects.
+"""Score the trained models and the baselines on every evaluation set, with run-level statistics.
 
-Rows: ``cgan``, ``no_adversarial``, ``shuffled`` (each a run folder with ``checkpoint.pt``, where
-present), ``mean_image`` (the mean training image for every input) and ``ridge`` (MEG vector ->
-pixels, its penalty chosen by leave-one-subject-out on the training subjects only). Every metric
-is on [0, 1] images with data_range 1, over the whole slice and inside a brain mask (pixels where
-the mean training image exceeds ``mask_fraction`` of its maximum). Intervals are bootstrap 95%
-over held-out samples (over held-out runs for ``voxel_r``); differences against ``cgan`` are
-paired (the same resampled samples for both methods).
+Sets (``shards.split``): ``test`` (held-out subjects x held-out stories: the headline),
+``seen_story`` (held-out subjects x training stories: ``story_clock`` scores here) and
+``seen_subject`` (training subjects x held-out stories). Rows: each trained variant found under
+``--runs`` (``cgan``, ``no_adversarial``, ``shuffled``) and ``--extra`` run; ``mean_image``;
+``ridge`` and ``stimulus`` (``baselines``); ``story_clock`` where it exists; on synthetic data
+``oracle`` and ``oracle_signal``. Everything fitted or chosen comes from the training set only.
+
+Per held-out run: MSE and SSIM (whole slice and inside the brain mask), voxelwise r (per mask pixel,
+Pearson r over the run's samples in time order, averaged) and change R^2 (1 - SSE / SS of each
+pixel's change from its run mean, averaged). A row is the mean over runs; intervals resample whole
+runs (``stats.cluster_bootstrap``), paired between methods; voxel r gets a circular-shift p-value
+(``stats.shift_null``) and its fraction of the ceiling (``oracle`` where given, else the
+inter-subject correlation of the same story). Predictions are written per set and method as npz.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,12 +27,16 @@ import torch
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.split import EVALUATION_SETS
 
-from .metrics import SSIM_SETTINGS, bootstrap_ci, per_image, voxel_r
+from . import baselines, figures, report
+from .metrics import SSIM_SETTINGS, per_image, voxel_r
 from .nets import Generator, from_tanh
+from .stats import cluster_bootstrap, resampling_unit, shift_null
 from .train import CHECKPOINT, VARIANTS
 
-METRICS = ("mse", "ssim", "psnr", "pearson", "mse_mask", "ssim_mask")
+HEADLINE = "cgan"  # the model every other row is compared with, fixed before any result is seen
+RUN_METRICS = ("voxel_r", "change_r2", "mse", "ssim", "mse_mask", "ssim_mask")
 
 
 @dataclass(frozen=True)
@@ -35,50 +46,75 @@ class EvalConfig:
     out: str
     mask_fraction: float = 0.2
     bootstrap: int = 2000
+    null_draws: int = 2000
+    min_shift_s: float = 15.0  # circular shifts of at least this many seconds (about 2 HRF lengths)
     seed: int = 0
     storage_options: dict | None = None
     oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
+    bids_root: str | None = None  # for the stimulus baseline (stimuli/audio/story_N.wav)
     extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
 
 
-def load_split(config: EvalConfig, split: str) -> dict:
-    loader = ShardLoader(config.shards, split, StreamConfig(batch_size=512, shuffle=False, meta=True),
-                         StoreConfig(storage_options=config.storage_options or {}), device="cpu",
-                         rank=0, world_size=1)  # the whole split, even if started under torchrun
+@dataclass
+class EvalSet:
+    name: str
+    meg: np.ndarray  # (n, width)
+    fmri: np.ndarray  # (n, S, S)
+    meta: list[dict]
+    by_run: list[np.ndarray]  # sample positions of each (subject, run), in time order
+    run_subjects: np.ndarray  # (runs,)
+    run_stories: np.ndarray  # (runs,)
+
+
+def load_split(config: EvalConfig, split: str) -> tuple[EvalSet | None, object]:
+    """One set, whole (rank 0 of 1 even under torchrun), or None if the index has no samples in it."""
+    try:
+        loader = ShardLoader(
+            config.shards,
+            split,
+            StreamConfig(batch_size=512, shuffle=False, meta=True),
+            StoreConfig(storage_options=config.storage_options or {}),
+            device="cpu",
+            rank=0,
+            world_size=1,
+        )
+    except InputError as err:
+        if "has no" in str(err):
+            return None, None
+        raise
     meg, fmri, meta = [], [], []
     for batch in loader:
         meg.append(batch["meg"].numpy())
         fmri.append(batch["fmri"][:, 0].numpy())
         meta += batch["meta"]
-    return {"meg": np.concatenate(meg), "fmri": np.concatenate(fmri), "meta": meta, "index": loader.index}
+    by_run = run_groups(meta)
+    return EvalSet(
+        split,
+        np.concatenate(meg),
+        np.concatenate(fmri),
+        meta,
+        by_run,
+        np.array([meta[g[0]]["subject"] for g in by_run]),
+        np.array([meta[g[0]]["run"] for g in by_run]),
+    ), loader.index
 
 
-def ridge_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-              alphas: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights ``(width + 1, pixels)`` and the penalty with the lowest leave-one-subject-out MSE."""
-    def solve(xa, ya, alpha):
-        xa = np.hstack([xa, np.ones((len(xa), 1))])
-        u, s, vt = np.linalg.svd(xa, full_matrices=False)
-        return vt.T @ ((s / (s ** 2 + alpha))[:, None] * (u.T @ ya))
-
-    scores = []
-    for alpha in alphas:
-        errors = []
-        for g in np.unique(groups):
-            w = solve(x[groups != g], y[groups != g], alpha)
-            pred = np.hstack([x[groups == g], np.ones(((groups == g).sum(), 1))]) @ w
-            errors.append(((pred - y[groups == g]) ** 2).mean())
-        scores.append(np.mean(errors))
-    best = float(alphas[int(np.argmin(scores))])
-    return solve(x, y, best), best
+def run_groups(meta: list[dict]) -> list[np.ndarray]:
+    """Sample positions of each (subject, run), in time order."""
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for i, m in enumerate(meta):
+        groups.setdefault((m["subject"], m["run"]), []).append((m["fmri_volume"], i))
+    return [np.array([i for _, i in sorted(v)]) for _, v in sorted(groups.items())]
 
 
 def generator_predictions(run: Path, meg: np.ndarray, width: int, size: int) -> np.ndarray:
     state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
     keep = state["model"]["feature_index"]
     if (state["model"]["size"], len(keep)) != (size, state["model"]["width"]) or max(keep) >= width:
-        raise InputError(f"{run / CHECKPOINT}: trained on {state['model']['width']} features x "
-                         f"{state['model']['size']} px, the shards give {width} x {size}")
+        raise InputError(
+            f"{run / CHECKPOINT}: trained on {state['model']['width']} features x "
+            f"{state['model']['size']} px, the shards give {width} x {size}"
+        )
     generator = Generator(len(keep), size, smooth=state["model"].get("smooth", 0.0))
     generator.load_state_dict(state["generator"])
     generator.eval()
@@ -87,251 +123,238 @@ def generator_predictions(run: Path, meg: np.ndarray, width: int, size: int) -> 
     return out[:, 0].numpy()
 
 
+def model_runs(config: EvalConfig) -> dict[str, Path]:
+    runs = Path(config.runs)
+    found = {v: runs / v for v in VARIANTS if (runs / v / CHECKPOINT).is_file()}
+    for name, folder in config.extra:  # e.g. a cGAN trained on --pairing paper shards
+        if name in found or not (Path(folder) / CHECKPOINT).is_file():
+            raise InputError(f"--extra {name}={folder}: the name is taken, or {CHECKPOINT} is missing there")
+        found[name] = Path(folder)
+    if HEADLINE not in found:
+        raise InputError(
+            f"{runs}/{HEADLINE}/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first"
+        )
+    return found
+
+
 def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
-    """The oracle's images in the held-out samples' order (matched by key)."""
+    """The oracle's images in the samples' order (matched by key)."""
     with np.load(path) as data:
         images = dict(zip(data["keys"].tolist(), data["images"], strict=True))
     missing = [m["key"] for m in meta if m["key"] not in images]
     if missing:
-        raise InputError(f"{path}: no oracle image for {len(missing)} held-out samples (e.g. {missing[0]}); "
-                         "write it with `synth-oracle` from these shards")
+        raise InputError(
+            f"{path}: no oracle image for {len(missing)} samples (e.g. {missing[0]}); "
+            "write it with `synth-oracle` from these shards"
+        )
     return np.stack([images[m["key"]] for m in meta])
 
 
-def run_changes(images: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
-    """Each image minus the mean of its run's images (float64): the change over time within a run."""
-    change = np.empty_like(images, dtype=np.float64)
-    for g in by_run:
-        change[g] = images[g] - images[g].mean(axis=0)
-    return change
-
-
 def oracle_signal(oracle: np.ndarray, mean_image: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
-    """The mean training image plus the true signal: each held-out run's oracle images minus their
-    mean over the run. No model that predicts from the MEG alone can know the held-out subject's
-    anatomy, so this, not ``oracle``, bounds what the trained models can gain over ``mean_image``."""
-    return np.clip(mean_image + run_changes(oracle, by_run), 0, 1).astype(oracle.dtype)
+    """The mean training image plus the true signal (each run's oracle images minus their mean): the
+    ceiling of a model that knows the MEG-driven signal exactly but not the subject's anatomy."""
+    return np.clip(mean_image + figures.run_changes(oracle, by_run), 0, 1).astype(oracle.dtype)
 
 
-def run_groups(meta: list[dict]) -> list[np.ndarray]:
-    """Sample positions of each held-out (subject, run), in time order."""
-    groups: dict[tuple, list[tuple[int, int]]] = {}
-    for i, m in enumerate(meta):
-        groups.setdefault((m["subject"], m["run"]), []).append((m["fmri_volume"], i))
-    return [np.array([i for _, i in sorted(v)]) for _, v in sorted(groups.items())]
+def predict(
+    config: EvalConfig, train: EvalSet, sets: list[EvalSet], mean_image: np.ndarray
+) -> tuple[dict, dict]:
+    """``{set: {method: (n, S, S)}}`` and what the fitted baselines chose."""
+    size, width = train.fmri.shape[1], train.meg.shape[1]
+    models = model_runs(config)
+    chosen: dict = {"ridge": None, "stimulus": None}
+    ridge = baselines.fit_ridge(train.meg, train.fmri, train.meta, mean_image)
+    chosen["ridge"] = ridge.summary()
+    stimulus, envelopes = None, {}
+    if config.bids_root is not None:
+        stories = {m["run"] for s in [train, *sets] for m in s.meta}
+        envelopes = baselines.story_envelopes(Path(config.bids_root), stories)
+        stimulus = baselines.fit_ridge(
+            baselines.stimulus_features(envelopes, train.meta), train.fmri, train.meta, mean_image
+        )
+        chosen["stimulus"] = stimulus.summary() | {"features": "audio RMS envelope, 1-s bins lagged 0-15 s"}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for ev in sets:
+        pred = {name: generator_predictions(folder, ev.meg, width, size) for name, folder in models.items()}
+        pred["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape).copy()
+        pred["ridge"] = ridge.predict(ev.meg)
+        if stimulus is not None:
+            pred["stimulus"] = stimulus.predict(baselines.stimulus_features(envelopes, ev.meta))
+        clock = baselines.story_clock(train.fmri, train.meta, ev.meta, mean_image)
+        if clock is not None:
+            pred["story_clock"] = clock
+        if config.oracle is not None:
+            pred["oracle"] = oracle_predictions(Path(config.oracle), ev.meta)
+            pred["oracle_signal"] = oracle_signal(pred["oracle"], mean_image, ev.by_run)
+        out[ev.name] = {k: v.astype(np.float32) for k, v in pred.items()}
+    return out, chosen
+
+
+def change_r2(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
+    """1 - SSE / SS of each mask pixel's change from its run mean, averaged over pixels."""
+    p, r = pred[:, mask].astype(np.float64), real[:, mask].astype(np.float64)
+    p, r = p - p.mean(axis=0), r - r.mean(axis=0)
+    ss = (r**2).sum(axis=0)
+    return float(np.mean(np.where(ss > 0, 1 - ((r - p) ** 2).sum(axis=0) / np.where(ss > 0, ss, 1), 0.0)))
+
+
+def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-run values of every metric in ``RUN_METRICS``, ``{metric: (runs,)}``."""
+    images = per_image(pred.astype(np.float64), ev.fmri.astype(np.float64), mask)
+    out = {
+        k: np.array([images[k][g].mean() for g in ev.by_run])
+        for k in ("mse", "ssim", "mse_mask", "ssim_mask")
+    }
+    out["voxel_r"] = np.array(
+        [voxel_r(pred[g], ev.fmri[g], mask) if len(g) > 1 else np.nan for g in ev.by_run]
+    )
+    out["change_r2"] = np.array(
+        [change_r2(pred[g], ev.fmri[g], mask) if len(g) > 1 else np.nan for g in ev.by_run]
+    )
+    return out
+
+
+def isc_ceiling(ev: EvalSet, mask: np.ndarray) -> float:
+    """Inter-subject correlation on the same story: each subject's pixel series (its run's samples
+    in volume order) against the mean of the other subjects' at the same volumes, averaged over mask
+    pixels, subjects and stories; NaN if no story has two subjects in the set."""
+    values = []
+    for story in np.unique(ev.run_stories):
+        runs = [g for g, s in zip(ev.by_run, ev.run_stories, strict=True) if s == story]
+        if len(runs) < 2:
+            continue
+        volumes = [np.array([ev.meta[i]["fmri_volume"] for i in g]) for g in runs]
+        common = sorted(set.intersection(*(set(v.tolist()) for v in volumes)))
+        if len(common) < 3:
+            continue
+        series = np.stack(
+            [ev.fmri[g[np.searchsorted(v, common)]] for g, v in zip(runs, volumes, strict=True)]
+        )
+        for i in range(len(series)):
+            others = np.delete(series, i, axis=0).mean(axis=0)
+            values.append(voxel_r(others, series[i], mask))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def score_set(
+    ev: EvalSet,
+    predictions: dict[str, np.ndarray],
+    mask: np.ndarray,
+    config: EvalConfig,
+    rng: np.random.Generator,
+) -> dict:
+    scores = {name: run_scores(ev, pred, mask) for name, pred in predictions.items()}
+    spacing = (
+        np.median(np.diff([ev.meta[i]["fmri_time_s"] for i in ev.by_run[0]])) if len(ev.by_run[0]) > 1 else 0
+    )
+    min_shift = max(1, math.ceil(config.min_shift_s / spacing)) if spacing > 0 else 1
+    isc = isc_ceiling(ev, mask)
+    ceiling = float(scores["oracle"]["voxel_r"].mean()) if "oracle" in scores else isc
+    rows = []
+    for name, pred in predictions.items():
+        s = scores[name]
+        null = shift_null(
+            [pred[g][:, mask] for g in ev.by_run],
+            [ev.fmri[g][:, mask] for g in ev.by_run],
+            rng,
+            config.null_draws,
+            min_shift,
+        )
+        row = {
+            "name": name,
+            **{k: float(np.nanmean(v)) for k, v in s.items()},
+            **{
+                f"{k}_ci": cluster_bootstrap(s[k], ev.run_subjects, rng, config.bootstrap)
+                for k in ("voxel_r", "mse", "ssim", "change_r2")
+            },
+            "voxel_r_p": null["p"],
+            "voxel_r_null_95": null["null_95"],
+            "voxel_r_of_ceiling": float(np.nanmean(s["voxel_r"]) / ceiling) if ceiling > 0 else float("nan"),
+        }
+        rows.append(row)
+
+    def paired(a: str, b: str) -> dict:
+        return {
+            k: cluster_bootstrap(scores[a][k] - scores[b][k], ev.run_subjects, rng, config.bootstrap)
+            for k in ("voxel_r", "mse", "ssim", "mse_mask", "ssim_mask")
+        }
+
+    return {
+        "samples": len(ev.meta),
+        "runs": len(ev.by_run),
+        "subjects": sorted(set(ev.run_subjects.tolist())),
+        "stories": sorted({int(s) for s in ev.run_stories}),
+        "resampling": resampling_unit(ev.run_subjects),
+        "min_shift_samples": min_shift,
+        "isc": isc,
+        "ceiling": "oracle" if "oracle" in scores else "isc (inter-subject correlation, same story)",
+        "rows": rows,
+        "per_run": {n: {k: v.tolist() for k, v in s.items()} for n, s in scores.items()},
+        "paired_differences_cgan_minus": {
+            f"{HEADLINE}-{n}": paired(HEADLINE, n) for n in predictions if n != HEADLINE
+        },
+        "paired_differences_minus_mean_image": {
+            n: paired(n, "mean_image") for n in predictions if n != "mean_image"
+        },
+    }
+
+
+def save_predictions(out: Path, ev: EvalSet, predictions: dict[str, np.ndarray]) -> None:
+    folder = out / "predictions" / ev.name
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = np.array([m["key"] for m in ev.meta])
+    for name, pred in predictions.items():
+        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri, predictions=pred)
 
 
 def evaluate(config: EvalConfig) -> dict:
-    train, held = load_split(config, "train"), load_split(config, "held_out")
-    size, width = held["fmri"].shape[1], held["meg"].shape[1]
-    mean_image = train["fmri"].mean(axis=0)
+    train, index = load_split(config, "train")
+    if train is None:
+        raise InputError(f"{config.shards}: the index has no training samples")
+    loaded = [load_split(config, name)[0] for name in EVALUATION_SETS]
+    sets = [ev for ev in loaded if ev is not None]
+    if not sets:
+        raise InputError(
+            f"{config.shards}: the index has no evaluation samples ({', '.join(EVALUATION_SETS)})"
+        )
+    mean_image = train.fmri.mean(axis=0)
     mask = mean_image > config.mask_fraction * mean_image.max()
-    predictions = {}
-    runs = Path(config.runs)
-    for variant in VARIANTS:
-        if (runs / variant / CHECKPOINT).is_file():
-            predictions[variant] = generator_predictions(runs / variant, held["meg"], width, size)
-    for name, folder in config.extra:  # e.g. a cGAN trained on --pairing paper shards
-        if name in predictions or not (Path(folder) / CHECKPOINT).is_file():
-            raise InputError(f"--extra {name}={folder}: the name is taken, or {CHECKPOINT} is missing there")
-        predictions[name] = generator_predictions(Path(folder), held["meg"], width, size)
-    if "cgan" not in predictions:
-        raise InputError(f"{runs}/cgan/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first")
-    by_run = run_groups(held["meta"])
-    if config.oracle is not None:
-        predictions["oracle"] = oracle_predictions(Path(config.oracle), held["meta"])
-        predictions["oracle_signal"] = oracle_signal(predictions["oracle"], mean_image, by_run)
-    predictions["mean_image"] = np.broadcast_to(mean_image, held["fmri"].shape).copy()
-    groups = np.array([m["subject"] for m in train["meta"]])
-    weights, alpha = ridge_fit(train["meg"], train["fmri"].reshape(len(groups), -1), groups,
-                               np.logspace(-1, 5, 7))
-    ridge = np.hstack([held["meg"], np.ones((len(held["meg"]), 1))]) @ weights
-    predictions["ridge"] = np.clip(ridge.reshape(-1, size, size), 0, 1)
-
+    predictions, chosen = predict(config, train, sets, mean_image)
     rng = np.random.default_rng(config.seed)
-    real = held["fmri"]
-    scores = {name: per_image(pred.astype(np.float64), real.astype(np.float64), mask)
-              for name, pred in predictions.items()}
-    run_r = {name: np.array([voxel_r(pred[g], real[g], mask) for g in by_run])
-             for name, pred in predictions.items()}
-    rows = []
-    for name in predictions:
-        row = {"name": name, **{k: float(v.mean()) for k, v in scores[name].items()},
-               "mse_ci": bootstrap_ci(scores[name]["mse"], rng, config.bootstrap),
-               "ssim_ci": bootstrap_ci(scores[name]["ssim"], rng, config.bootstrap),
-               "voxel_r": float(run_r[name].mean()),
-               "voxel_r_ci": bootstrap_ci(run_r[name], rng, config.bootstrap)}
-        rows.append(row)
-    paired = {}
-    for name in predictions:
-        if name == "cgan":
-            continue
-        diffs = {k: bootstrap_ci(scores["cgan"][k] - scores[name][k], rng, config.bootstrap)
-                 for k in ("mse", "ssim", "mse_mask", "ssim_mask")}
-        diffs["voxel_r"] = bootstrap_ci(run_r["cgan"] - run_r[name], rng, config.bootstrap)
-        paired[f"cgan-{name}"] = diffs
-    # Each method against the mean image: is its gain over "predict the average anatomy" detectable at
-    # all? oracle_signal's interval says whether any model of the MEG could be, on these samples.
-    versus_mean = {name: {k: bootstrap_ci(scores[name][k] - scores["mean_image"][k], rng, config.bootstrap)
-                          for k in ("mse", "ssim", "mse_mask", "ssim_mask")}
-                   for name in predictions if name != "mean_image"}
-    settings = {"ssim": SSIM_SETTINGS, "images": "[0, 1], one data_range for every image",
-                "mask": f"mean training image > {config.mask_fraction} x its max ({int(mask.sum())} of "
-                        f"{mask.size} px)", "ridge_alpha": alpha, "bootstrap": config.bootstrap,
-                "held_out_samples": len(real), "held_out_runs": len(by_run),
-                "held_out_subjects": held["index"].split["held_out"], "shards": config.shards,
-                "voxel_r": "per pixel in the mask, Pearson r over time within each held-out run, averaged; "
-                           "a prediction constant over time scores 0",
-                "oracle": ("noise-free synth truth at each sample's volume and slice, normalised and "
-                           "resized like the shards" if config.oracle
-                           else "not given (--oracle, synthetic data only)"),
-                "oracle_signal": ("mean training image + the oracle's change from its own run mean: the "
-                                  "ceiling of a model that knows the MEG-driven signal exactly but not the "
-                                  "held-out subject's anatomy" if config.oracle else "needs --oracle"),
-                "config": asdict(config) | {"storage_options": {}},
-                "extra": {name: folder for name, folder in config.extra}}
-    result = {"settings": settings, "rows": rows, "paired_differences_cgan_minus": paired,
-              "paired_differences_minus_mean_image": versus_mean}
+    results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng) for ev in sets}
+    settings = {
+        "ssim": SSIM_SETTINGS,
+        "images": "[0, 1], one data_range for every image",
+        "mask": f"mean training image > {config.mask_fraction} x its max "
+        f"({int(mask.sum())} of {mask.size} px)",
+        "headline": f"{HEADLINE} (fixed in advance; every other row is compared with it)",
+        "intervals": f"95% percentile bootstrap ({config.bootstrap}) of the mean over runs, resampling whole "
+        "runs (subjects then runs with >= 3 subjects), paired between methods",
+        "null": f"circular shift of each run's predictions against its targets by >= {config.min_shift_s} s, "
+        f"{config.null_draws} draws; p = (1 + #null mean voxel r >= observed) / (1 + draws)",
+        "voxel_r": "per mask pixel, Pearson r over time within each run, averaged over pixels then runs; a "
+        "prediction constant over time scores 0",
+        "choices": {
+            "ridge": chosen["ridge"],
+            "stimulus": chosen["stimulus"] or "not scored (needs --bids-root)",
+            "story_clock": "training subjects' mean change at the same story and volume",
+        },
+        "split": index.split,
+        "slice": index.config.get("slice_choice"),
+        "oracle": "noise-free synth truth" if config.oracle else "not given (--oracle, synthetic data only)",
+        "config": asdict(config) | {"storage_options": {}},
+        "shards": config.shards,
+        "extra": {name: folder for name, folder in config.extra},
+    }
+    result = {"settings": settings, "sets": results}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    for ev in sets:
+        save_predictions(out, ev, predictions[ev.name])
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(result))
-    figures(out, real, predictions, held["meta"], runs)
-    changes_figure(out, real, predictions, held["meta"], by_run, mask)
-    slice_figure(out, held["index"])
+    (out / "results.md").write_text(report.markdown(result))
+    shown = next(ev for ev in sets if ev.name == sets[0].name)
+    figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, Path(config.runs))
+    figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
+    figures.slice_figure(out, index)
     return result
-
-
-def markdown(result: dict) -> str:
-    lines = ["| method | MSE [95% CI] | SSIM [95% CI] | PSNR | Pearson r | MSE (mask) | SSIM (mask) "
-             "| voxel r |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['name']} | {r['mse']:.6f} [{r['mse_ci'][0]:.6f}, {r['mse_ci'][1]:.6f}] | "
-                     f"{r['ssim']:.5f} [{r['ssim_ci'][0]:.5f}, {r['ssim_ci'][1]:.5f}] | {r['psnr']:.2f} | "
-                     f"{r['pearson']:.4f} | {r['mse_mask']:.6f} | {r['ssim_mask']:.5f} | "
-                     f"{r['voxel_r']:.3f} |")
-    lines += ["", "Paired bootstrap 95% intervals of cgan minus each method:", ""]
-    for name, diffs in result["paired_differences_cgan_minus"].items():
-        parts = [f"{k} [{lo:+.2e}, {hi:+.2e}]" for k, (lo, hi) in diffs.items()]
-        lines.append(f"- {name}: " + ", ".join(parts))
-    lines += ["", "Paired bootstrap 95% intervals of each method minus mean_image (negative MSE, positive "
-              "SSIM = better than the mean image):", ""]
-    for name, diffs in result["paired_differences_minus_mean_image"].items():
-        parts = [f"{k} [{lo:+.2e}, {hi:+.2e}]" for k, (lo, hi) in diffs.items()]
-        lines.append(f"- {name}: " + ", ".join(parts))
-    s = result["settings"]["ssim"]
-    lines += ["", f"SSIM: {s['library']} {s['function']}, data_range={s['data_range']}, Gaussian window "
-              f"{s['kernel_size']} px, sigma {s['sigma']}. {result['settings']['mask']}.", ""]
-    return "\n".join(lines)
-
-
-def slice_figure(out: Path, index) -> None:
-    """The slice-selection profile of one run (the paper's Fig. 1): per-slice correlation of the slice
-    means with the MEG profile, and the slice used."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run = next((r for r in index.runs if r.get("slice_correlation")), None)
-    if run is None:
-        return
-    values = [np.nan if c is None else c for c in run["slice_correlation"]]
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(range(len(values)), values, marker="o", ms=2, lw=0.8)
-    ax.axvline(run["slice"], color="tab:red", lw=1, label=f"slice used: {run['slice']}")
-    ax.set_xlabel("axial slice (NIfTI k)")
-    ax.set_ylabel("r(slice mean, MEG profile)")
-    ax.set_title(f"slice selection, sub-{run['subject']} run {run['run']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "slice_selection.png", dpi=110)
-    plt.close(fig)
-
-
-FIGURE_SAMPLES = 6  # held-out samples shown in pairs.png and changes.png, evenly spaced
-
-
-def sample_grid(axis, rows: dict[str, np.ndarray], meta: list[dict], **style) -> tuple[list, object]:
-    """Draw ``FIGURE_SAMPLES`` evenly spaced samples (columns) of each named image stack (rows) on the
-    axes ``axis(row, col)`` gives; return the axes and the last image drawn (for a colour bar)."""
-    picks = np.linspace(0, len(meta) - 1, FIGURE_SAMPLES).astype(int)
-    drawn, shown = [], None
-    for col, i in enumerate(picks):
-        for row, (name, images) in enumerate(rows.items()):
-            ax = axis(row, col)
-            drawn.append(ax)
-            shown = ax.imshow(images[i].T, origin="lower", **style)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if row == 0:
-                ax.set_title(f"sub-{meta[i]['subject']} run {meta[i]['run']}\nvol {meta[i]['fmri_volume']}",
-                             fontsize=7)
-    return drawn, shown
-
-
-def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {"real": real} | predictions
-    fig, axes = plt.subplots(len(rows), FIGURE_SAMPLES, figsize=(1.6 * FIGURE_SAMPLES, 1.6 * len(rows)))
-    sample_grid(lambda row, col: axes[row, col], rows, meta, cmap="gray", vmin=0, vmax=1)
-    fig.suptitle("held-out samples: real vs predicted (data range [0, 1])", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "pairs.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for variant in VARIANTS:
-        log = runs / variant / "log.jsonl"
-        if log.is_file():
-            steps = [json.loads(line) for line in log.read_text().splitlines() if '"epoch_end"' not in line]
-            ax.plot([s["step"] for s in steps], [s["loss_g_mse"] for s in steps], label=variant, lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("generator MSE on [-1, 1] images")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
-    plt.close(fig)
-
-
-def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[dict],
-                   by_run: list[np.ndarray], mask: np.ndarray) -> None:
-    """What pairs.png cannot show: each image's change from its run's mean (real, and every method),
-    as maps for the pairs.png samples and as the time course of the pixel where the truth (else the
-    real data) varies most over the first held-out run, on one colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in predictions if n not in ("mean_image", "oracle")]  # oracle_signal: same change
-    changes = {"real": run_changes(real, by_run)} | {n: run_changes(predictions[n], by_run) for n in names}
-    reference = changes.get("oracle_signal", changes["real"])
-    scale = float(np.percentile(np.abs(reference[:, mask]), 99.5)) or 1e-6
-    fig = plt.figure(figsize=(1.6 * FIGURE_SAMPLES + 1, 1.6 * len(changes) + 3), layout="constrained")
-    grid = fig.add_gridspec(len(changes) + 1, FIGURE_SAMPLES, height_ratios=[1] * len(changes) + [1.6])
-    maps, shown = sample_grid(lambda row, col: fig.add_subplot(grid[row, col]), changes, meta,
-                              cmap="RdBu_r", vmin=-scale, vmax=scale)
-    fig.colorbar(shown, ax=maps, shrink=0.5, label="change from run mean")
-    run = by_run[0]
-    pixel = np.unravel_index(np.argmax(np.where(mask, reference[run].var(axis=0), -1)), mask.shape)
-    course = fig.add_subplot(grid[-1, :])
-    volumes = [meta[i]["fmri_volume"] for i in run]
-    for name, change in changes.items():
-        course.plot(volumes, change[run][:, pixel[0], pixel[1]], label=name,
-                    lw=0.6 if name == "real" else 1.2, color="0.6" if name == "real" else None)
-    course.set_xlabel(f"fMRI volume (sub-{meta[run[0]]['subject']} run {meta[run[0]]['run']}), "
-                      f"pixel {pixel[0]}, {pixel[1]}")
-    course.set_ylabel("change")
-    course.legend(fontsize=6, ncol=4)
-    fig.suptitle("held-out samples: change from each run's mean (what the MEG should explain)", fontsize=9)
-    fig.savefig(out / "changes.png", dpi=110)
-    plt.close(fig)

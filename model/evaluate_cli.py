@@ -1,11 +1,15 @@
-"""``evaluate``: score the trained variants and baselines on the held-out subjects.
+"""``evaluate``: score the trained variants and baselines on every evaluation set.
 
-Example:
-    evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval --json results.json
+Examples:
+    evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval \
+        --bids-root demo-output/bids --oracle demo-output/oracle.npz
+    evaluate --protocol paper --shards demo-output/paper/ingest --runs demo-output/paper/runs --out ...
 
-Writes OUT/results.json, OUT/results.md (the table), OUT/pairs.png (real vs predicted held-out
-slices), OUT/training_curves.png and OUT/slice_selection.png (the paper's Fig. 1 for one run), and
-prints the table.
+Sets: test (held-out subjects x held-out stories), seen_story, seen_subject. Writes OUT/results.json,
+OUT/results.md (a table per set with run-level intervals and circular-shift p-values),
+OUT/predictions/SET/METHOD.npz (keys, targets, predictions), OUT/pairs.png, OUT/changes.png,
+OUT/training_curves.png and OUT/slice_selection.png, and prints the tables. With --protocol paper:
+OUT/paper_protocol.{md,json}, the paper's MSE and scikit-image SSIM beside its 0.046 / 0.622.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 
 from meg2fmri.shards.errors import Meg2fmriError
 
-from .evaluate import EvalConfig, evaluate, markdown
+from .evaluate import EvalConfig, evaluate
+from .paper import paper_markdown, paper_protocol
+from .report import markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON here")
     p.add_argument("--mask-fraction", type=float, default=0.2,
                    help="brain mask: mean training image above this fraction of its max (default: 0.2)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--bootstrap", type=int, default=2000,
+                   help="bootstrap resamples of whole runs (default: 2000)")
+    p.add_argument("--null-draws", type=int, default=2000,
+                   help="circular-shift null draws for voxelwise r (default: 2000)")
+    p.add_argument("--min-shift", type=float, default=15.0, metavar="SECONDS",
+                   help="smallest circular shift of a run's predictions in the null (default: 15 s, ~2 HRFs)")
+    p.add_argument("--bids-root", default=None,
+                   help="the BIDS dataset (for stimuli/audio/story_N.wav): adds the `stimulus` baseline")
+    p.add_argument("--protocol", choices=["standard", "paper"], default="standard",
+                   help="paper: only the paper's MSE and scikit-image SSIM (7x7, per-image range) of every "
+                        "run and the mean image, beside the paper's 0.046 / 0.622 (default: standard)")
     p.add_argument("--oracle", default=None,
                    help="synthetic data: the .npz from `synth-oracle`, scored as the `oracle` row")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=RUN_DIR",
@@ -43,19 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out, mask_fraction=args.mask_fraction,
-                        bootstrap=args.bootstrap, oracle=args.oracle,
+                        bootstrap=args.bootstrap, null_draws=args.null_draws, min_shift_s=args.min_shift,
+                        oracle=args.oracle, bids_root=args.bids_root,
                         extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
                         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
     try:
-        result = evaluate(config)
+        result = paper_protocol(config) if args.protocol == "paper" else evaluate(config)
     except Meg2fmriError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 1
+    if args.protocol == "paper":
+        print(paper_markdown(result))
+        print(f"evaluate: {args.out}/paper_protocol.md and paper_protocol.json")
+        return 0
     print(markdown(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"evaluate: results and figures in {args.out} "
-          "(results.md, results.json, pairs.png, changes.png, training_curves.png, slice_selection.png)")
+          "(results.md, results.json, predictions/, pairs.png, changes.png, training_curves.png, "
+          "slice_selection.png)")
     return 0
 
 

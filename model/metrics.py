@@ -1,4 +1,4 @@
-"""Image metrics on [0, 1] slices, with one fixed data range, and bootstrap intervals.
+"""Image metrics on [0, 1] slices, with one fixed data range (intervals: ``stats``).
 
 SSIM is torchmetrics' ``structural_similarity_index_measure`` with ``data_range=1.0`` and a
 Gaussian window of 11 pixels, sigma 1.5 (Wang et al. 2004; the paper's code used scikit-image's
@@ -49,10 +49,3 @@ def voxel_r(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     denom = np.sqrt((p ** 2).sum(axis=0) * (r ** 2).sum(axis=0))
     corr = np.where(varies, (p * r).sum(axis=0) / np.where(varies, denom, 1), 0.0)
     return float(corr.mean())
-
-
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> list[float]:
-    """95% percentile interval of the mean of ``values`` (resampling its entries)."""
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    means = values[idx].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]

@@ -160,6 +160,12 @@ def training_means(config: TrainConfig, size: int) -> TrainingMeans:
     if (run_of < 0).any():
         raise InputError(f"{config.shards}: the training split yielded {int((run_of >= 0).sum())} of "
                          f"{loader.samples} samples")
+    if config.target == "deviation" and min(counts) < 2:
+        single = [f"sub-{s}_run-{r}" for (s, r), i in runs.items() if counts[i] < 2]
+        raise InputError(f"{config.shards}: {len(single)} training run(s) have one sample (e.g. "
+                         f"{single[0]}), so --target deviation would replace every target by the mean "
+                         "training image and leave nothing to learn; use --target image (as the paper does "
+                         "for --pairing paper)")
     sums = torch.stack(sums)
     run_means = sums / torch.tensor(counts, dtype=torch.float64)[:, None, None]
     mean = sums.sum(dim=0) / sum(counts)

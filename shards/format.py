@@ -37,7 +37,7 @@ TAR_BLOCK = 512
 META_FIELDS = {
     "subject": "subject id without 'sub-', e.g. '01'",
     "run": "run number = story number (int)",
-    "split": "'train' or 'held_out'",
+    "split": "'train', 'test', 'seen_story' or 'seen_subject' (shards.split)",
     "story_time_s": "start of the MEG epoch in story time (s after the story began)",
     "meg_sample": "first sample of the MEG epoch in the cached 100 Hz signal (file-relative)",
     "fmri_volume": "index of the fMRI volume in the run",

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from .errors import IntegrityError, ShardIntegrityError
 from .format import META_BYTES, member_sizes, sample_stride
+from .split import SPLITS
 
 INDEX_NAME = "index.json"
 FORMAT = "meg2fmri-shards"
-VERSION = 1
-SPLITS = ("train", "held_out")
+# 2: four sets by subject and story (train, test, seen_story, seen_subject); 1 had train/held_out.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,16 @@ class ShardIndex:
     dataset: dict  # name and fingerprint of the BIDS dataset the shards come from
     features: dict  # {"kind": "mean"|"bandpower", "width": int, "names": [...]}
     image_size: int
-    split: dict  # {"train": [subject ids], "held_out": [subject ids]}
+    # {"subjects": {"train": [...], "held_out": [...]}, "stories": {"train": [...], "held_out": [...]}}
+    split: dict
     shards: list[ShardEntry]
     config: dict  # resolved ingest configuration
     runs: list[dict] = field(default_factory=list)  # per (subject, run): count, slice, warnings
     failed: list[dict] = field(default_factory=list)  # runs that could not be ingested
+
+    def held_out(self, kind: str) -> list:
+        """Held-out ``"subjects"`` or ``"stories"``."""
+        return self.split[kind]["held_out"]
 
     def count(self, split: str | None = None) -> int:
         return sum(s.count for s in self.shards if split is None or s.split == split)
@@ -61,8 +67,10 @@ class ShardIndex:
     @classmethod
     def from_json(cls, obj: dict, source: str = "index") -> ShardIndex:
         if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            hint = (" (v1 split by subject only: re-run `ingest --from-cache` to split by story too)"
+                    if obj.get("format") == FORMAT else "")
             raise IntegrityError(f"{source}: not a {FORMAT} v{VERSION} index "
-                                 f"(format={obj.get('format')!r}, version={obj.get('version')!r})")
+                                 f"(format={obj.get('format')!r}, version={obj.get('version')!r}){hint}")
         keys = ("dataset", "features", "image_size", "split", "config", "runs", "failed")
         fields = {k: obj[k] for k in keys}
         return cls(shards=[ShardEntry(**s) for s in obj["shards"]], **fields)

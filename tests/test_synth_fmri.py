@@ -41,9 +41,10 @@ def test_brain_shaped_intensities_and_realistic_noise(tiny_root: Path):
     mean = data.mean(axis=-1)
     assert 500 < np.median(mean[brain]) < 1500  # scanner units, not [0, 1]
     assert np.median(mean[~brain]) < 0.2 * np.median(mean[brain])  # dark outside the head
-    # temporal SNR of the raw series (signal, drift and noise) in the documented 50-100 range
+    # temporal SNR of the raw series (signal, drift, thermal and physiological noise): the --tsnr
+    # default (30), inside the 20-40 that raw 2-mm multiband EPI measures
     tsnr = mean[brain] / data[brain].std(axis=-1)
-    assert 50 <= np.median(tsnr) <= 100
+    assert 20 <= np.median(tsnr) <= 40
 
 
 def story_response(root: Path, story: int, z: int, n_vols: int) -> np.ndarray:

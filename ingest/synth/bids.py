@@ -98,13 +98,16 @@ that code written for the real dataset reads it unchanged. It contains no real r
 
 #### Generative model (ground truth in derivatives/synth/)
 
-Each story N (run N) has {c.n_sources} latent sources shared by every subject and both modalities:
-source = envelope x carrier ({c.carrier_band[0]:g}-{c.carrier_band[1]:g} Hz) + slow field.
-MEG = per-subject sensor mixing (group pattern + {c.subject_variability:.0%} perturbation) of the
+Each story N (run N) has {c.n_latent} latent sources shared by every subject and both modalities
+({c.n_sources} seen by MEG and BOLD, {c.hidden_sources} driving BOLD only, {c.meg_only_sources} seen by
+the MEG only): source = envelope x carrier ({c.carrier_band[0]:g}-{c.carrier_band[1]:g} Hz) + slow
+field. MEG = per-subject sensor mixing (group pattern + {c.subject_variability:.0%} perturbation) of the
 sources + correlated brain background + sensor noise + {c.line_freq:g} Hz mains; stimulus RMS is
-{c.snr:g} x the noise RMS on the best channel. BOLD = baseline x (1 + maps x HRF * drive + drift)
-+ thermal noise, with drive = {c.power_weight:g} x band power + {1 - c.power_weight:g} x slow
-field, {c.bold_percent:g}% signal change at a map's peak, temporal SNR {c.tsnr:g}.
+{c.snr:g} x the noise RMS on the best channel. BOLD = baseline x (1 + maps x HRF * drive + drift +
+physiological noise) + thermal noise, with drive = {c.power_weight:g} x band power +
+{1 - c.power_weight:g} x slow field, an HRF peaking {c.hrf_peak[0]:g}-{c.hrf_peak[1]:g} s per subject,
+{c.bold_percent:g}% signal change at a map's peak, temporal SNR {c.tsnr:g} ({c.physio_share:.0%} of
+the noise variance physiological).
 
 #### Usage Notes (as in the real dataset)
 

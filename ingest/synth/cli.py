@@ -34,6 +34,14 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return nx, ny, nz
 
 
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in seconds (e.g. 4,6), got {text!r}") from None
+    return low, high
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones that mean 'the preset's'."""
 
@@ -88,7 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--bold-percent", type=float, default=defaults.bold_percent,
                        help="BOLD signal change (%% of baseline) of a sustained unit drive at a map's peak")
     model.add_argument("--tsnr", type=float, default=defaults.tsnr,
-                       help="fMRI temporal SNR: mean brain intensity / thermal noise std")
+                       help="fMRI temporal SNR of the raw series: mean brain intensity / noise std (thermal "
+                       "+ physiological; raw 2-mm multiband EPI at 3T: about 20-40)")
+    model.add_argument("--physio-share", type=float, default=defaults.physio_share,
+                       help="share of the BOLD noise variance that is physiological: proportional to the "
+                       "signal, spatially smooth (FWHM ~9 mm), temporally correlated (AR(1), 5 s); the rest "
+                       "is white thermal noise")
+    model.add_argument("--hidden-sources", type=int, default=defaults.hidden_sources,
+                       help="latent sources that drive BOLD but reach no MEG sensor (deep or radial)")
+    model.add_argument("--meg-only-sources", type=int, default=defaults.meg_only_sources,
+                       help="latent sources that the MEG sees and that drive no BOLD")
+    model.add_argument("--hrf-peak", type=parse_range, default=defaults.hrf_peak, metavar="LOW,HIGH",
+                       help="range (s) of the per-subject HRF peak latency (SPM's canonical: 5,5)")
     model.add_argument("--subject-variability", type=float, default=defaults.subject_variability,
                        help="per-subject perturbation of sensor mixing and spatial maps, relative to the "
                        "group pattern (0 = identical subjects)")
@@ -101,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     coupling = Coupling(
         n_sources=args.n_sources, snr=args.snr, power_weight=args.power_weight,
-        bold_percent=args.bold_percent, tsnr=args.tsnr,
+        bold_percent=args.bold_percent, tsnr=args.tsnr, physio_share=args.physio_share,
+        hidden_sources=args.hidden_sources, meg_only_sources=args.meg_only_sources, hrf_peak=args.hrf_peak,
         subject_variability=args.subject_variability, background_share=args.background_share,
         line_freq=args.line_freq)
     out = args.out if args.out is not None else Path(f"synth-{args.preset}")

@@ -54,10 +54,27 @@ class Coupling:
     the envelope a positive log-normal modulation with time scales ``envelope_timescale`` and 4x
     that, the slow
     part a signed field with time scale ``slow_timescale``.  BOLD follows
-    ``power_weight * envelope**2 + (1 - power_weight) * slow``, convolved with a double-gamma HRF.
+    ``power_weight * envelope**2 + (1 - power_weight) * slow``, convolved with a double-gamma HRF
+    whose peak latency is drawn per subject from ``hrf_peak`` (s).
+
+    Three kinds of source: ``n_sources`` that both the MEG and BOLD see; ``hidden_sources`` that
+    drive BOLD but no MEG sensor (deep, or radially oriented in a gyral crown: no field outside the
+    head); ``meg_only_sources`` that the MEG sees and that drive no BOLD. BOLD noise is thermal
+    (white) plus physiological (``physio_share`` of the noise variance: proportional to the signal,
+    spatially smooth and temporally correlated, as Krueger & Glover 2001 model it); ``tsnr`` is the
+    temporal SNR of the raw series from both.
+
+    Defaults and their sources: tSNR 30 (raw 2-mm multiband EPI at 3T measures about 20-40;
+    earlier versions used 70 from thermal noise alone); physiological share 0.6 (with 32-channel and
+    larger head coils physiological noise dominates even at small voxels: Triantafyllou et al. 2011,
+    NeuroImage 55:597); HRF peak 4-6 s per subject (Handwerker et al. 2004, NeuroImage 21:1639:
+    peak latency varies by about 2 s between subjects; SPM's canonical HRF peaks at 5 s). The old
+    world: ``--hidden-sources 0 --meg-only-sources 0 --physio-share 0 --hrf-peak 5,5 --tsnr 70``.
     """
 
     n_sources: int = 6
+    hidden_sources: int = 2  # drive BOLD, invisible to the MEG sensors
+    meg_only_sources: int = 2  # seen by the MEG, drive no BOLD
     carrier_band: tuple[float, float] = (4.0, 30.0)  # Hz
     envelope_timescale: float = 2.0  # s
     envelope_log_std: float = 0.4  # std of log(envelope)
@@ -69,13 +86,19 @@ class Coupling:
     line_freq: float = 50.0  # Hz, mains in Beijing
     line_share: float = 0.3  # line-noise RMS relative to the sensor noise RMS (magnetometers)
     bold_percent: float = 2.0  # % signal change of a sustained unit drive at a map's peak
-    tsnr: float = 70.0  # fMRI temporal SNR: baseline / thermal-noise std inside the brain
+    tsnr: float = 30.0  # fMRI temporal SNR: baseline / noise std (thermal + physiological) in the brain
+    physio_share: float = 0.6  # share of the BOLD noise variance that is physiological
+    hrf_peak: tuple[float, float] = (4.0, 6.0)  # s, range of the per-subject HRF peak latency
     drift_percent: float = 0.5  # % of baseline per 5 min of scan, slow scanner drift (std over voxels)
     subject_variability: float = 0.3  # per-subject perturbation of mixing and maps (relative)
 
     def __post_init__(self) -> None:
         checks = {
             "n_sources": self.n_sources >= 1,
+            "hidden_sources": self.hidden_sources >= 0,
+            "meg_only_sources": self.meg_only_sources >= 0,
+            "physio_share": 0.0 <= self.physio_share < 1.0,
+            "hrf_peak": 3.0 <= self.hrf_peak[0] <= self.hrf_peak[1] <= 9.0,
             "snr": self.snr >= 0,
             "power_weight": 0.0 <= self.power_weight <= 1.0,
             "background_share": 0.0 <= self.background_share < 1.0,
@@ -85,8 +108,25 @@ class Coupling:
             "carrier_band": 0 < self.carrier_band[0] < self.carrier_band[1] < MEG_SFREQ / 2,
         }
         bad = [name for name, ok in checks.items() if not ok]
+        if not bad and self.n_sources + self.hidden_sources + self.meg_only_sources > 64:
+            bad = ["n_sources + hidden_sources + meg_only_sources <= 64"]
         if bad:
             raise InputError(f"invalid coupling option(s) {bad}: {self}")
+
+
+    @property
+    def n_latent(self) -> int:
+        """Latent sources per story: shared, then hidden (BOLD only), then MEG-only."""
+        return self.n_sources + self.hidden_sources + self.meg_only_sources
+
+    @property
+    def n_bold(self) -> int:
+        """The first ``n_bold`` latent sources drive BOLD (shared + hidden)."""
+        return self.n_sources + self.hidden_sources
+
+    def meg_rows(self) -> list[int]:
+        """Latent sources the MEG sees (shared + MEG-only)."""
+        return list(range(self.n_sources)) + list(range(self.n_bold, self.n_latent))
 
 
 @dataclass(frozen=True)
@@ -101,8 +141,14 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Tests: seconds to write, every code path present (4 subjects: 1 female, 3 male).
     "tiny": Preset(SUBJECT_IDS[:4], (1, 2), 40.0, (24, 24, 18), (2.0, 4.0)),
-    # Demo: all 12 subjects, 3 short stories each, real spatial size.
-    "demo": Preset(SUBJECT_IDS, (1, 2, 3), 60.0, (106, 106, 72), (2.0, 4.0)),
+    # Demo (`make demo`: 10 minutes, 8 GB): all 12 subjects; training stories 1-3 and the stories
+    # the every-sixth rule holds out, 6 and 12; 60-s stories (28 samples a run: room for circular
+    # shifts of 15 s and more); a 48x48x32 grid of the same head shape (the header keeps 2-mm
+    # voxels), as the 60 FIF files (96 MB each) take most of the disk budget. With four held-out
+    # subjects (Makefile) `test` has 8 runs.
+    "demo": Preset(SUBJECT_IDS, (1, 2, 3, 6, 12), 60.0, (48, 48, 32), (2.0, 4.0)),
+    # Benchmarks of ingest and loader: 12 subjects x 3 stories of 60 s at the real spatial size.
+    "bench": Preset(SUBJECT_IDS, (1, 2, 3), 60.0, (106, 106, 72), (2.0, 4.0)),
     # Full: the real dataset's size (12 x 60 runs, real durations); benchmarks only.
     "full": Preset(SUBJECT_IDS, tuple(range(1, N_STORIES + 1)), None, (106, 106, 72), (20.0, 30.0)),
 }

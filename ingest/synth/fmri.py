@@ -69,6 +69,28 @@ def subject_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> An
     return Anatomy(image.astype(np.float32), grey_weight.astype(np.float32), brain, coords)
 
 
+PHYSIO_PATTERNS = 16  # spatial patterns of the physiological noise (a low-rank, smooth field)
+PHYSIO_SIGMA_VOXELS = 2.0  # their Gaussian smoothing (FWHM 9.4 mm at 2-mm voxels)
+PHYSIO_TIMESCALE = 5.0  # s, AR(1) time constant of their courses (slow physiological fluctuations)
+
+
+def physio_field(rng: np.random.Generator, brain: np.ndarray, n_vols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spatially smooth, temporally correlated noise as ``patterns (K, *shape)`` and unit-variance
+    AR(1) ``courses (K, n_vols)``: ``sum_k patterns[k] * courses[k, t]`` has variance about 1 per
+    brain voxel, so a caller scales it to the physiological share of the noise."""
+    shape = brain.shape
+    patterns = ndimage.gaussian_filter(rng.standard_normal((PHYSIO_PATTERNS, *shape), dtype=np.float32),
+                                       (0, *[PHYSIO_SIGMA_VOXELS] * 3))
+    patterns /= np.sqrt((patterns ** 2).sum(axis=0)[brain].mean())
+    phi = np.exp(-TR / PHYSIO_TIMESCALE)
+    shocks = rng.standard_normal((PHYSIO_PATTERNS, n_vols))
+    courses = np.empty_like(shocks)
+    courses[:, 0] = shocks[:, 0]
+    for t in range(1, n_vols):
+        courses[:, t] = phi * courses[:, t - 1] + np.sqrt(1 - phi ** 2) * shocks[:, t]
+    return patterns.astype(np.float32), courses.astype(np.float32)
+
+
 def group_blobs(rng: np.random.Generator, n_sources: int) -> np.ndarray:
     """Group-level blob centres ``(n_sources, 2, 3)`` in brain units: a bilateral pair per source,
     centred in the cortical ribbon (BOLD is a grey-matter signal)."""
@@ -96,18 +118,26 @@ def subject_maps(rng: np.random.Generator, blobs: np.ndarray, anatomy: Anatomy,
 
 
 def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np.ndarray,
-                    coupling: Coupling, rng: np.random.Generator, chunk: int = 16) -> np.ndarray:
-    """One run's 4D image ``(*shape, n_vols)`` int16 in scanner units."""
+                    coupling: Coupling, rng: np.random.Generator, hrf_peak: float,
+                    physio_rng: np.random.Generator, chunk: int = 16) -> np.ndarray:
+    """One run's 4D image ``(*shape, n_vols)`` int16 in scanner units: ``baseline * (1 + bold +
+    drift + physiological noise) + thermal noise``, the noise std ``baseline / tsnr`` in the brain
+    with ``physio_share`` of its variance physiological."""
     shape = anatomy.baseline.shape
     st = slice_times(shape[2])
     times = np.arange(plan.n_vols)[None, :] * TR + st[:, None]  # (n_slices, n_vols)
-    response = bold_response(drive, FMRI_AUDIO_ONSET, times.ravel()).reshape(
+    response = bold_response(drive, FMRI_AUDIO_ONSET, times.ravel(), hrf_peak).reshape(
         drive.shape[0], shape[2], plan.n_vols).astype(np.float32)
     scan = np.arange(plan.n_vols) * TR
     trend = np.stack([scan / scan[-1] - 0.5, np.cos(np.pi * scan / scan[-1])]).astype(np.float32)
     drift = coupling.drift_percent / 100 * (plan.n_vols * TR / 300.0)
     drift_amp = (drift * rng.standard_normal((2, *shape))).astype(np.float32)
-    sigma = float(anatomy.baseline[anatomy.brain].mean()) / coupling.tsnr
+    noise = float(anatomy.baseline[anatomy.brain].mean()) / coupling.tsnr
+    sigma = noise * np.sqrt(1 - coupling.physio_share)  # thermal, additive
+    physio = None
+    if coupling.physio_share > 0:  # physiological, a fraction of the signal (Krueger & Glover)
+        patterns, courses = physio_field(physio_rng, anatomy.brain, plan.n_vols)
+        physio = (patterns * np.float32(np.sqrt(coupling.physio_share) / coupling.tsnr), courses)
     scale = coupling.bold_percent / 100
     out = np.empty((*shape, plan.n_vols), dtype=np.int16)
     for j0 in range(0, plan.n_vols, chunk):
@@ -115,6 +145,8 @@ def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np
         frac = np.einsum("d...,dt->...t", drift_amp, trend[:, j0:j1])
         for k in range(maps.shape[0]):
             frac += scale * maps[k][..., None] * response[k, None, None, :, j0:j1]
+        if physio is not None:
+            frac += np.einsum("k...,kt->...t", physio[0], physio[1][:, j0:j1])
         volume = anatomy.baseline[..., None] * (1 + frac)
         volume += sigma * rng.standard_normal(volume.shape, dtype=np.float32)
         out[..., j0:j1] = np.clip(np.rint(np.abs(volume)), 0, np.iinfo(np.int16).max)

@@ -67,10 +67,21 @@ class StorySources:
 
 
 def story_sources(seed: int, story: int, duration: float, coupling: Coupling) -> StorySources:
-    """Latent sources for ``duration`` seconds of story ``story`` (deterministic from the seed)."""
-    rng = story_rng(seed, story)
+    """Latent sources for ``duration`` seconds of story ``story`` (deterministic from the seed):
+    the ``n_sources`` shared ones, then the hidden and the MEG-only ones (``Coupling.n_latent`` in
+    all; those from their own random stream, so the shared sources do not change with their number)."""
+    shared = latent_sources(story_rng(seed, story), duration, coupling.n_sources, coupling)
+    extra = coupling.n_latent - coupling.n_sources
+    if not extra:
+        return shared
+    more = latent_sources(np.random.default_rng([seed, 5, story]), duration, extra, coupling)
+    return StorySources(*(np.concatenate([a, b]) for a, b in
+                          ((shared.envelope, more.envelope), (shared.carrier, more.carrier),
+                           (shared.slow, more.slow))))
+
+
+def latent_sources(rng: np.random.Generator, duration: float, k: int, coupling: Coupling) -> StorySources:
     n_times = int(round(duration * MEG_SFREQ))
-    k = coupling.n_sources
     # speech loudness varies over syllables-to-phrases and over sentences: two time scales
     log_env = (smooth_noise(rng, k, n_times, coupling.envelope_timescale, MEG_SFREQ)
                + smooth_noise(rng, k, n_times, 4 * coupling.envelope_timescale, MEG_SFREQ)) / np.sqrt(2)
@@ -82,15 +93,21 @@ def story_sources(seed: int, story: int, duration: float, coupling: Coupling) ->
                         slow.astype(np.float32))
 
 
-def canonical_hrf(sfreq: float = DRIVE_SFREQ, length: float = HRF_LENGTH) -> np.ndarray:
-    """SPM's canonical double-gamma HRF (peak 6 s, undershoot 16 s, ratio 1/6), unit sum."""
+CANONICAL_PEAK = 5.0  # s: the mode of SPM's gamma(6) response
+
+
+def canonical_hrf(sfreq: float = DRIVE_SFREQ, length: float = HRF_LENGTH,
+                  peak: float = CANONICAL_PEAK) -> np.ndarray:
+    """SPM's canonical double-gamma HRF (response gamma(6), peak 5 s; undershoot gamma(16), ratio
+    1/6), unit sum; ``peak`` shifts both gammas' shapes by ``peak - 5`` (a subject's latency)."""
     t = np.arange(0, length, 1.0 / sfreq)
-    hrf = stats.gamma.pdf(t, 6) - stats.gamma.pdf(t, 16) / 6.0
+    shift = peak - CANONICAL_PEAK
+    hrf = stats.gamma.pdf(t, 6 + shift) - stats.gamma.pdf(t, 16 + shift) / 6.0
     return hrf / hrf.sum()
 
 
 def bold_drive(sources: StorySources, coupling: Coupling) -> np.ndarray:
-    """Neural drive of BOLD on the ``DRIVE_SFREQ`` grid of story time, ``(n_sources, n_bins)``.
+    """Neural drive of BOLD on the ``DRIVE_SFREQ`` grid of story time, ``(n_bold, n_bins)``.
 
     ``power_weight * envelope**2 / mean(envelope**2) + (1 - power_weight) * slow``: a sustained
     drive of 1 while the story plays (its band power) plus slow fluctuations, 0 before and after.
@@ -98,19 +115,21 @@ def bold_drive(sources: StorySources, coupling: Coupling) -> np.ndarray:
     step = int(MEG_SFREQ / DRIVE_SFREQ)
     n_bins = sources.envelope.shape[1] // step
     cut = n_bins * step
-    power = sources.envelope[:, :cut].astype(np.float64) ** 2
+    bold = slice(0, coupling.n_bold)  # the MEG-only sources drive no BOLD
+    power = sources.envelope[bold, :cut].astype(np.float64) ** 2
     power /= power.mean(axis=1, keepdims=True)
-    drive = coupling.power_weight * power + (1 - coupling.power_weight) * sources.slow[:, :cut]
+    drive = coupling.power_weight * power + (1 - coupling.power_weight) * sources.slow[bold, :cut]
     return drive.reshape(drive.shape[0], n_bins, step).mean(axis=2)
 
 
-def bold_response(drive: np.ndarray, story_onset: float, times: np.ndarray) -> np.ndarray:
+def bold_response(drive: np.ndarray, story_onset: float, times: np.ndarray,
+                  hrf_peak: float = CANONICAL_PEAK) -> np.ndarray:
     """HRF-convolved drive sampled at scan ``times`` (s from scan start), ``(n_sources, n_times)``.
 
     ``drive`` is on the ``DRIVE_SFREQ`` grid of story time; the story starts at ``story_onset``
-    seconds after the scan start. Before the story the drive is 0.
+    seconds after the scan start. Before the story the drive is 0. ``hrf_peak``: the subject's HRF.
     """
-    hrf = canonical_hrf()
+    hrf = canonical_hrf(peak=hrf_peak)
     n_grid = int(np.ceil((times.max() + 1.0) * DRIVE_SFREQ)) + 1
     grid = np.zeros((drive.shape[0], n_grid))
     first = int(round(story_onset * DRIVE_SFREQ))

@@ -38,26 +38,34 @@ def run_rng(seed: int, subject: str, run: int, modality: int) -> np.random.Gener
 
 @dataclass(frozen=True)
 class SubjectModel:
-    """One subject's ground truth: MEG mixing and background patterns, anatomy, source maps."""
+    """One subject's ground truth: MEG mixing and background patterns, anatomy, source maps, HRF."""
 
-    mixing: np.ndarray  # (306, n_sources), T and T/m
+    mixing: np.ndarray  # (306, len(coupling.meg_rows())), T and T/m: shared then MEG-only sources
     background: np.ndarray  # (306, n_background), unit-RMS patterns
     anatomy: fmri.Anatomy
-    maps: np.ndarray  # (n_sources, *shape)
+    maps: np.ndarray  # (n_bold, *shape): shared then hidden sources
+    hrf_peak: float  # s
 
 
 @functools.lru_cache(maxsize=2)
 def subject_model(config: SynthConfig, subject: str) -> SubjectModel:
+    c = config.coupling
     group = np.random.default_rng([config.seed, 0])
     sensors = meg.sensor_array()
-    group_mixing = meg.dipolar_fields(group, sensors, config.coupling.n_sources)
-    blobs = fmri.group_blobs(group, config.coupling.n_sources)
+    group_mixing = meg.dipolar_fields(group, sensors, c.n_sources)
+    blobs = fmri.group_blobs(group, c.n_sources)
+    # MEG-only fields and hidden sources' blobs from their own stream: with none of either, the
+    # shared sources' truth is what it was before these options existed
+    extra = np.random.default_rng([config.seed, 6])
+    group_mixing = np.hstack([group_mixing, meg.dipolar_fields(extra, sensors, c.meg_only_sources)])
+    blobs = np.concatenate([blobs, fmri.group_blobs(extra, c.hidden_sources)])
     rng = subject_rng(config.seed, subject)
-    mixing = meg.subject_mixing(group_mixing, rng, sensors, config.coupling)
-    background = meg.dipolar_fields(rng, sensors, config.coupling.n_background)
+    mixing = meg.subject_mixing(group_mixing, rng, sensors, c)
+    background = meg.dipolar_fields(rng, sensors, c.n_background)
     anatomy = fmri.subject_anatomy(rng, config.volume_shape)
-    maps = fmri.subject_maps(rng, blobs, anatomy, config.coupling)
-    return SubjectModel(mixing, background, anatomy, maps)
+    maps = fmri.subject_maps(rng, blobs, anatomy, c)
+    hrf_peak = float(np.random.default_rng([config.seed, 7, int(subject)]).uniform(*c.hrf_peak))
+    return SubjectModel(mixing, background, anatomy, maps, hrf_peak)
 
 
 @functools.lru_cache(maxsize=2)
@@ -79,7 +87,8 @@ def write_run(config: SynthConfig, plan: RunPlan, root: Path) -> dict:
     bids.write_meg_sidecars(root, plan, timing, config.coupling)
     drive = bold_drive(sources, config.coupling)
     bold = fmri.synthesize_bold(plan, drive, model.anatomy, model.maps, config.coupling,
-                                run_rng(config.seed, plan.subject, plan.run, 1))
+                                run_rng(config.seed, plan.subject, plan.run, 1), model.hrf_peak,
+                                run_rng(config.seed, plan.subject, plan.run, 2))
     fmri.write_nifti(bold, bids.func_dir(root, plan.subject) / f"{stem}_bold.nii.gz")
     bids.write_bold_sidecars(root, plan, config.volume_shape[2])
     return {"subject": plan.subject, "run": plan.run, "story_duration_s": plan.story_duration,
@@ -95,7 +104,8 @@ def write_subject_truth(config: SynthConfig, subject: str, root: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"meg_mixing": model.mixing, "meg_background_patterns": model.background,
               "fmri_maps": model.maps, "fmri_baseline": model.anatomy.baseline,
-              "fmri_grey_weight": model.anatomy.grey, "fmri_brain_mask": model.anatomy.brain}
+              "fmri_grey_weight": model.anatomy.grey, "fmri_brain_mask": model.anatomy.brain,
+              "fmri_hrf_peak_s": np.array(model.hrf_peak)}
     for name, array in arrays.items():
         np.save(folder / f"sub-{subject}_{name}.npy", array)
 
@@ -125,8 +135,13 @@ def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "meg2fmri synth", "Version": version("meg2fmri")}],
     })
+    c = config.coupling
+    sources = {"meg_and_bold": list(range(c.n_sources)), "bold_only": list(range(c.n_sources, c.n_bold)),
+               "meg_only": list(range(c.n_bold, c.n_latent))}
+    hrf_peaks = {f"sub-{s}": round(subject_model(config, s).hrf_peak, 4) for s in config.subjects}
     bids.write_json(folder / CONFIG_NAME, {"config": config.to_json(),
                                            "hrf_10Hz": canonical_hrf().round(8).tolist(),
+                                           "sources": sources, "hrf_peak_s": hrf_peaks,
                                            "defect_runs": {f"sub-{s}_run-{r}": v for (s, r), v
                                                            in DEFECT_RUNS.items()}})
     runs = sorted(runs, key=lambda row: (row["subject"], row["run"]))

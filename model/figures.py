@@ -1,0 +1,130 @@
+"""Figures of an evaluation: real vs predicted slices (the paper's Fig. 2), each image's change from
+its run mean (what the MEG should explain), the slice-selection profile (Fig. 1), training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .train import VARIANTS
+
+
+def run_changes(images: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
+    """Each image minus the mean of its run's images (float64): the change over time within a run."""
+    change = np.empty_like(images, dtype=np.float64)
+    for g in by_run:
+        change[g] = images[g] - images[g].mean(axis=0)
+    return change
+
+
+def slice_figure(out: Path, index) -> None:
+    """The slice-selection profile of one run (the paper's Fig. 1): per-slice correlation of the slice
+    means with the MEG profile, and the slice used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = next((r for r in index.runs if r.get("slice_correlation")), None)
+    if run is None:
+        return
+    values = [np.nan if c is None else c for c in run["slice_correlation"]]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(range(len(values)), values, marker="o", ms=2, lw=0.8)
+    ax.axvline(run["slice"], color="tab:red", lw=1, label=f"slice used: {run['slice']}")
+    ax.set_xlabel("axial slice (NIfTI k)")
+    ax.set_ylabel("r(slice mean, MEG profile)")
+    ax.set_title(f"slice selection, sub-{run['subject']} run {run['run']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "slice_selection.png", dpi=110)
+    plt.close(fig)
+
+
+FIGURE_SAMPLES = 6  # held-out samples shown in pairs.png and changes.png, evenly spaced
+
+
+def sample_grid(axis, rows: dict[str, np.ndarray], meta: list[dict], **style) -> tuple[list, object]:
+    """Draw ``FIGURE_SAMPLES`` evenly spaced samples (columns) of each named image stack (rows) on the
+    axes ``axis(row, col)`` gives; return the axes and the last image drawn (for a colour bar)."""
+    picks = np.linspace(0, len(meta) - 1, FIGURE_SAMPLES).astype(int)
+    drawn, shown = [], None
+    for col, i in enumerate(picks):
+        for row, (name, images) in enumerate(rows.items()):
+            ax = axis(row, col)
+            drawn.append(ax)
+            shown = ax.imshow(images[i].T, origin="lower", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if row == 0:
+                ax.set_title(f"sub-{meta[i]['subject']} run {meta[i]['run']}\nvol {meta[i]['fmri_volume']}",
+                             fontsize=7)
+    return drawn, shown
+
+
+def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"real": real} | predictions
+    fig, axes = plt.subplots(len(rows), FIGURE_SAMPLES, figsize=(1.6 * FIGURE_SAMPLES, 1.6 * len(rows)))
+    sample_grid(lambda row, col: axes[row, col], rows, meta, cmap="gray", vmin=0, vmax=1)
+    fig.suptitle("held-out samples: real vs predicted (data range [0, 1])", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "pairs.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for variant in VARIANTS:
+        log = runs / variant / "log.jsonl"
+        if log.is_file():
+            steps = [json.loads(line) for line in log.read_text().splitlines() if '"epoch_end"' not in line]
+            ax.plot([s["step"] for s in steps], [s["loss_g_mse"] for s in steps], label=variant, lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("generator MSE on [-1, 1] images")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[dict],
+                   by_run: list[np.ndarray], mask: np.ndarray) -> None:
+    """What pairs.png cannot show: each image's change from its run's mean (real, and every method),
+    as maps for the pairs.png samples and as the time course of the pixel where the truth (else the
+    real data) varies most over the first held-out run, on one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in predictions if n not in ("mean_image", "oracle")]  # oracle_signal: same change
+    changes = {"real": run_changes(real, by_run)} | {n: run_changes(predictions[n], by_run) for n in names}
+    reference = changes.get("oracle_signal", changes["real"])
+    scale = float(np.percentile(np.abs(reference[:, mask]), 99.5)) or 1e-6
+    fig = plt.figure(figsize=(1.6 * FIGURE_SAMPLES + 1, 1.6 * len(changes) + 3), layout="constrained")
+    grid = fig.add_gridspec(len(changes) + 1, FIGURE_SAMPLES, height_ratios=[1] * len(changes) + [1.6])
+    maps, shown = sample_grid(lambda row, col: fig.add_subplot(grid[row, col]), changes, meta,
+                              cmap="RdBu_r", vmin=-scale, vmax=scale)
+    fig.colorbar(shown, ax=maps, shrink=0.5, label="change from run mean")
+    run = by_run[0]
+    pixel = np.unravel_index(np.argmax(np.where(mask, reference[run].var(axis=0), -1)), mask.shape)
+    course = fig.add_subplot(grid[-1, :])
+    volumes = [meta[i]["fmri_volume"] for i in run]
+    for name, change in changes.items():
+        course.plot(volumes, change[run][:, pixel[0], pixel[1]], label=name,
+                    lw=0.6 if name == "real" else 1.2, color="0.6" if name == "real" else None)
+    course.set_xlabel(f"fMRI volume (sub-{meta[run[0]]['subject']} run {meta[run[0]]['run']}), "
+                      f"pixel {pixel[0]}, {pixel[1]}")
+    course.set_ylabel("change")
+    course.legend(fontsize=6, ncol=4)
+    fig.suptitle("held-out samples: change from each run's mean (what the MEG should explain)", fontsize=9)
+    fig.savefig(out / "changes.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,63 @@
+"""The Markdown report of an evaluation (``results.md``): one table per set, then paired intervals."""
+
+from __future__ import annotations
+
+SET_TITLES = {
+    "test": "test: held-out subjects x held-out stories (the headline)",
+    "seen_story": "seen_story: held-out subjects x training stories (diagnostic; story_clock scores here)",
+    "seen_subject": "seen_subject: training subjects x held-out stories (diagnostic)",
+}
+
+
+def interval(values: list[float], digits: str) -> str:
+    return f"[{values[0]:{digits}}, {values[1]:{digits}}]"
+
+
+def set_table(name: str, result: dict) -> list[str]:
+    lines = [
+        f"## {SET_TITLES.get(name, name)}",
+        "",
+        f"{result['samples']} samples, {result['runs']} runs; subjects {', '.join(result['subjects'])}; "
+        f"stories {', '.join(map(str, result['stories']))}. Intervals resample {result['resampling']}; "
+        f"shift null >= {result['min_shift_samples']} samples; ceiling: {result['ceiling']} "
+        f"(inter-subject r of the real data: {result['isc']:.3f}).",
+        "",
+        "| method | voxel r [95% CI] | p (shift null) | of ceiling | change R^2 | MSE [95% CI] | "
+        "SSIM [95% CI] | SSIM (mask) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['voxel_r']:.3f} {interval(r['voxel_r_ci'], '.3f')} | "
+            f"{r['voxel_r_p']:.4f} | {r['voxel_r_of_ceiling']:.2f} | {r['change_r2']:+.4f} | "
+            f"{r['mse']:.6f} {interval(r['mse_ci'], '.6f')} | {r['ssim']:.5f} "
+            f"{interval(r['ssim_ci'], '.5f')} | {r['ssim_mask']:.5f} |"
+        )
+    for title, key in (
+        ("cgan minus each method", "paired_differences_cgan_minus"),
+        ("each method minus mean_image", "paired_differences_minus_mean_image"),
+    ):
+        lines += [
+            "",
+            f"Paired 95% intervals, {title} (run-level; positive r/SSIM, negative MSE = the first better):",
+            "",
+        ]
+        for pair, diffs in result[key].items():
+            parts = [f"{k} [{lo:+.2e}, {hi:+.2e}]" for k, (lo, hi) in diffs.items()]
+            lines.append(f"- {pair}: " + ", ".join(parts))
+    return lines + [""]
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for name, set_result in result["sets"].items():
+        lines += set_table(name, set_result)
+    s = result["settings"]
+    ssim = s["ssim"]
+    lines += [
+        f"SSIM: {ssim['library']} {ssim['function']}, data_range={ssim['data_range']}, Gaussian window "
+        f"{ssim['kernel_size']} px, sigma {ssim['sigma']}. {s['mask']}. Headline: {s['headline']}.",
+        f"Intervals: {s['intervals']}. Null: {s['null']}.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Statistics that match the data: whole runs are the unit, because samples within a run are
+autocorrelated (HRF, drift, slow physiological noise) and share a subject and a story.
+
+- ``cluster_bootstrap``: the 95% interval of a mean over runs, resampling whole runs, or (with at
+  least ``MIN_SUBJECTS`` subjects) subjects and then runs within them. Paired comparisons pass the
+  per-run differences, so both methods see the same resampled runs.
+- ``shift_null``: a circular-shift null for voxelwise r: each run's predictions shifted in time
+  against its targets by at least ``min_shift`` samples (several HRF lengths), which keeps every
+  series' autocorrelation; the p-value counts null means at or above the observed one.
+- ``grouped_folds``: cross-validation folds over training subjects *and* stories, each validating
+  on subjects and stories its training part never saw (the test condition, inside training data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_SUBJECTS = 3  # fewer subjects than this: resample runs only
+
+
+def sample_bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> list[float]:
+    """95% percentile interval of the mean, resampling entries as if independent (kept to show, in
+    tests, how it goes wrong on autocorrelated samples; the evaluation uses ``cluster_bootstrap``)."""
+    idx = rng.integers(0, len(values), size=(n, len(values)))
+    means = values[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def cluster_bootstrap(
+    values: np.ndarray, subjects: np.ndarray, rng: np.random.Generator, n: int = 2000
+) -> list[float]:
+    """95% percentile interval of the mean of per-run ``values`` ``(runs,)``; ``subjects[i]`` is run
+    i's subject. Two stages (subjects, then runs of each drawn subject) when there are at least
+    ``MIN_SUBJECTS`` subjects, else runs alone. NaN entries (a statistic a run cannot have) are
+    left out; an empty or single-valued input gives [nan, nan] or that value twice."""
+    keep = np.isfinite(values)
+    values, subjects = np.asarray(values, dtype=np.float64)[keep], np.asarray(subjects)[keep]
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    groups = [np.flatnonzero(subjects == s) for s in np.unique(subjects)]
+    if len(groups) < MIN_SUBJECTS:
+        idx = rng.integers(0, len(values), size=(n, len(values)))
+        means = values[idx].mean(axis=1)
+    else:
+        means = np.empty(n)
+        for b in range(n):
+            drawn = [groups[g] for g in rng.integers(0, len(groups), len(groups))]
+            means[b] = (
+                np.concatenate([g[rng.integers(0, len(g), len(g))] for g in drawn]).mean()
+                if drawn
+                else np.nan
+            )
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def resampling_unit(subjects: np.ndarray) -> str:
+    n = len(np.unique(subjects))
+    return (
+        "subjects, then runs within each drawn subject"
+        if n >= MIN_SUBJECTS
+        else f"runs (only {n} subject(s): too few to resample)"
+    )
+
+
+def standardise(series: np.ndarray) -> np.ndarray:
+    """Each column of ``(times, pixels)`` centred and scaled to unit norm (0 where constant)."""
+    x = series.astype(np.float64) - series.mean(axis=0)
+    norm = np.sqrt((x**2).sum(axis=0))
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1), 0.0)
+
+
+def shifted_r(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Mean over pixels of Pearson r between ``real`` and ``pred`` rolled by each shift
+    ``0..T-1``, ``(T,)``; ``pred`` and ``real`` are one run's ``(T, pixels)`` in time order."""
+    p, r = standardise(pred), standardise(real)
+    return np.array([(np.roll(p, s, axis=0) * r).sum(axis=0).mean() for s in range(len(p))])
+
+
+def shift_null(
+    runs_pred: list[np.ndarray],
+    runs_real: list[np.ndarray],
+    rng: np.random.Generator,
+    n: int = 2000,
+    min_shift: int = 8,
+) -> dict:
+    """Circular-shift null of the mean over runs of voxelwise r. Each null draw shifts every run by
+    its own random shift in ``[min_shift, T - min_shift]`` (runs too short for that are left out of
+    the null and of the observed mean alike). Returns the observed mean, the p-value
+    ``(1 + #null >= observed) / (1 + n)``, the null's 95th percentile and how many runs it used."""
+    tables = [shifted_r(p, r) for p, r in zip(runs_pred, runs_real, strict=True)]
+    usable = [t for t in tables if len(t) >= 2 * min_shift + 1]
+    if not usable:
+        return {
+            "observed": float("nan"),
+            "p": float("nan"),
+            "null_95": float("nan"),
+            "runs": 0,
+            "min_shift_samples": min_shift,
+            "draws": n,
+        }
+    observed = float(np.mean([t[0] for t in usable]))
+    draws = np.stack([t[rng.integers(min_shift, len(t) - min_shift + 1, size=n)] for t in usable]).mean(
+        axis=0
+    )
+    return {
+        "observed": observed,
+        "p": float((1 + (draws >= observed).sum()) / (1 + n)),
+        "null_95": float(np.percentile(draws, 95)),
+        "runs": len(usable),
+        "min_shift_samples": min_shift,
+        "draws": n,
+    }
+
+
+def grouped_folds(subjects: np.ndarray, stories: np.ndarray, k: int = 4) -> tuple[list, str]:
+    """``k`` (train, validation) index pairs over samples labelled by ``subjects`` and ``stories``,
+    and how they were grouped. Fold i validates on subject group i x story group i and trains on
+    every sample of the other subjects *and* other stories (samples sharing only one of the two with
+    the validation part are in neither). Groups are round-robin over the sorted ids, so the folds
+    are fixed in advance. With one training story (or subject) the folds group by the other alone."""
+    subject_ids, story_ids = np.unique(subjects), np.unique(stories)
+    if len(subject_ids) < 2 and len(story_ids) < 2:
+        raise ValueError("grouped cross-validation needs at least 2 training subjects or stories")
+    if len(story_ids) < 2 or len(subject_ids) < 2:
+        labels, name = (subjects, "subjects") if len(subject_ids) >= 2 else (stories, "stories")
+        ids = np.unique(labels)
+        k = min(k, len(ids))
+        folds = [
+            (np.flatnonzero(~np.isin(labels, ids[i::k])), np.flatnonzero(np.isin(labels, ids[i::k])))
+            for i in range(k)
+        ]
+        single = "story" if name == "subjects" else "subject"
+        return folds, f"{k} folds grouped by {name} only (a single training {single})"
+    k = min(k, len(subject_ids))
+    folds = []
+    for i in range(k):
+        held_subjects = subject_ids[i::k]
+        held_stories = story_ids[i % len(story_ids) :: min(k, len(story_ids))]
+        in_subjects, in_stories = np.isin(subjects, held_subjects), np.isin(stories, held_stories)
+        train, valid = np.flatnonzero(~in_subjects & ~in_stories), np.flatnonzero(in_subjects & in_stories)
+        if len(train) and len(valid):
+            folds.append((train, valid))
+    return folds, f"{len(folds)} folds, each new subjects x new stories (of the training set)"
