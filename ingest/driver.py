@@ -137,9 +137,12 @@ def choose_slice(ray, tasks: list[RunTask], config: IngestConfig, train: set[tup
     failed = [r for r in results if not r["ok"]]
     profiles = [np.array(r["profile"], dtype=float) for r in results
                 if r["ok"] and (r["subject"], r["run"]) in train]
-    if not profiles:
-        raise InputError("no training run could be ingested, so no slice can be chosen; see the errors "
-                         "above, or pass --slice")
+    if not profiles:  # nothing can be paired: report every run (the failures say why)
+        reason = ("not paired: no training run could be ingested to choose the slice from (fix those, "
+                  "or pass --slice)")
+        failed += [{"subject": r["subject"], "run": r["run"], "ok": False,
+                    "error": f"sub-{r['subject']}_run-{r['run']}: {reason}"} for r in results if r["ok"]]
+        return config, failed, {"slice": None, "chosen_from": reason}
     chosen = consensus_slice(profiles)
     pairing = dataclasses.replace(config.pairing, slice=chosen)
     how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(profiles)} training runs"}
@@ -170,6 +173,8 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
             config, failed, slice_choice = choose_slice(
                 ray, tasks, config, {k for k, v in split.items() if v == "train"}, progress)
             tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
+        if config.pairing.slice is None:
+            tasks = []
         reset_work(config)
         remove_temporaries(config)
         done = done_runs(config, tasks)

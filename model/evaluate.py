@@ -330,8 +330,9 @@ def evaluate(config: EvalConfig) -> dict:
         "headline": f"{HEADLINE} (fixed in advance; every other row is compared with it)",
         "intervals": f"95% percentile bootstrap ({config.bootstrap}) of the mean over runs, resampling whole "
         "runs (subjects then runs with >= 3 subjects), paired between methods",
-        "null": f"circular shift of each run's predictions against its targets by >= {config.min_shift_s} s, "
-        f"{config.null_draws} draws; p = (1 + #null mean voxel r >= observed) / (1 + draws)",
+        "null": f"time shift (not circular: r over the overlapping samples) of each run's predictions "
+        f"against its targets by >= {config.min_shift_s} s, {config.null_draws} draws; "
+        "p = (1 + #null mean voxel r >= observed) / (1 + draws)",
         "voxel_r": "per mask pixel, Pearson r over time within each run, averaged over pixels then runs; a "
         "prediction constant over time scores 0",
         "choices": {

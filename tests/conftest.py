@@ -24,15 +24,18 @@ def run_synth(out: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
-    """The ``tiny`` preset: subjects 01-04, runs 1-2, 40 s stories, 24x24x18 voxels."""
+    """The ``tiny`` preset: subjects 01-04, runs 1-3, 40 s stories, 24x24x18 voxels. Held out by
+    default: sub-02 (F) and sub-04 (M), story 3."""
     return run_synth(tmp_path_factory.mktemp("synth") / "tiny", "--preset", "tiny", "--jobs", "2")
 
 
 @pytest.fixture(scope="session")
 def long_root(tmp_path_factory) -> Path:
-    """One subject, two 150-s stories: long enough to see the coupling beyond the story block."""
+    """One subject, two 150-s stories: long enough to see the coupling beyond the story block. A quiet
+    scanner (thermal noise only, tSNR 70: the earlier default) so that the coupling itself is seen."""
     return run_synth(tmp_path_factory.mktemp("synth") / "long", "--preset", "tiny", "--subjects", "05",
-                     "--runs", "1,2", "--duration", "150", "--jobs", "2")
+                     "--runs", "1,2", "--duration", "150", "--jobs", "2", "--tsnr", "70",
+                     "--physio-share", "0")
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +77,20 @@ def ingested(tiny_root: Path, tmp_path_factory, ray_session) -> Path:
     args = ["--quiet", "--bids-root", str(tiny_root), "--out", str(out), "--shard-samples", "30"]
     code = ingest_cli.main(args)
     assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def paper_ingested(ingested: Path, tmp_path_factory) -> Path:
+    """The tiny dataset re-paired as the paper does (one pair per run), from ``ingested``'s cache."""
+    import shutil
+
+    from meg2fmri.ingest import cli as ingest_cli
+
+    out = tmp_path_factory.mktemp("ingest") / "paper"
+    out.mkdir()
+    shutil.copytree(ingested / "cache.zarr", out / "cache.zarr")
+    assert ingest_cli.main(["--quiet", "--out", str(out), "--from-cache", "--pairing", "paper"]) == 0
     return out
 
 

@@ -1,19 +1,22 @@
-"""``evaluate`` on trained tiny runs: the agreed JSON shape, honest baselines, figures on disk."""
+"""``evaluate`` on trained tiny runs: every set, the baselines, run-level statistics, predictions and
+figures on disk; the paper's protocol."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
 from meg2fmri.ingest.synth import oracle as synth_oracle
 from meg2fmri.model import evaluate_cli
 from meg2fmri.model.evaluate import oracle_signal
-from meg2fmri.model.metrics import bootstrap_ci, per_image, voxel_r
+from meg2fmri.model.metrics import per_image, voxel_r
+from meg2fmri.model.paper import paper_scores
 from meg2fmri.model.train import TrainConfig, train
 
 
-def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_path, capsys):
+def test_evaluate_writes_sets_rows_intervals_predictions_and_figures(ingested, tiny_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     for variant in ("cgan", "no_adversarial", "shuffled"):  # one with --smooth: its checkpoint must say so
         train(TrainConfig(shards=str(ingested), out=str(runs / variant), variant=variant, epochs=1,
@@ -24,34 +27,84 @@ def test_evaluate_writes_rows_intervals_and_figures(ingested, tiny_root, tmp_pat
     assert synth_oracle.main(oracle_args) == 0
     out, report = tmp_path / "eval", tmp_path / "results.json"
     args = ["--shards", str(ingested), "--runs", str(runs), "--out", str(out), "--json", str(report),
-            "--bootstrap", "200", "--oracle", str(oracle), "--extra", f"again={runs / 'cgan'}"]
+            "--bootstrap", "200", "--null-draws", "200", "--oracle", str(oracle),
+            "--bids-root", str(tiny_root), "--extra", f"again={runs / 'cgan'}"]
     assert evaluate_cli.main(args) == 0
     result = json.loads(report.read_text())
-    names = [r["name"] for r in result["rows"]]
-    assert names == ["cgan", "no_adversarial", "shuffled", "again", "oracle", "oracle_signal", "mean_image",
-                     "ridge"]
-    for r in result["rows"]:
-        assert {"mse", "ssim", "psnr", "pearson", "mse_ci", "ssim_ci", "voxel_r"} <= set(r)
+    assert list(result["sets"]) == ["test", "seen_story", "seen_subject"]
+    models = ["cgan", "no_adversarial", "shuffled", "again", "mean_image", "ridge", "stimulus"]
+    test, seen = result["sets"]["test"], result["sets"]["seen_story"]
+    assert [r["name"] for r in test["rows"]] == [*models, "oracle", "oracle_signal"]
+    # the story clock needs the training subjects' response to the same story: seen stories only
+    assert [r["name"] for r in seen["rows"]] == [*models, "story_clock", "oracle", "oracle_signal"]
+    assert test["subjects"] == ["02", "04"] and test["stories"] == [3] and test["runs"] == 2
+    assert test["resampling"].startswith("runs") and "time shift" in result["settings"]["null"]
+    choices = result["settings"]["choices"]
+    assert "grouped CV" in choices["ridge"]["penalty"] and "grouped CV" in choices["stimulus"]["penalty"]
+    rows = {r["name"]: r for r in test["rows"]}
+    for r in test["rows"]:
         assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
-    assert result["settings"]["ssim"]["data_range"] == 1.0
-    assert result["settings"]["held_out_subjects"] == ["02", "04"]
-    rows = {r["name"]: r for r in result["rows"]}
+        assert 0 < r["voxel_r_p"] <= 1
     assert rows["again"]["mse"] == rows["cgan"]["mse"]  # the same run scored twice on the same pairs
-    assert result["paired_differences_cgan_minus"]["cgan-again"]["mse"] == [0.0, 0.0]
-    assert rows["mean_image"]["voxel_r"] == 0.0  # the same image every time follows nothing
+    assert test["paired_differences_cgan_minus"]["cgan-again"]["voxel_r"] == [0.0, 0.0]
+    assert rows["mean_image"]["voxel_r"] == 0.0 and rows["mean_image"]["voxel_r_p"] == 1.0
     # the noise-free truth, normalised and oriented like the shards, is far closer than any model
     assert rows["oracle"]["mse"] < 0.01 * rows["mean_image"]["mse"]
-    assert rows["oracle"]["pearson"] > rows["mean_image"]["pearson"]
     assert rows["oracle"]["voxel_r"] > rows["ridge"]["voxel_r"]
-    # the truth's change over time on the mean anatomy: it follows the signal as the oracle does
+    assert rows["oracle"]["voxel_r_of_ceiling"] == 1.0
     assert abs(rows["oracle_signal"]["voxel_r"] - rows["oracle"]["voxel_r"]) < 0.05
     assert rows["oracle_signal"]["mse"] > 10 * rows["oracle"]["mse"]
-    versus_mean = result["paired_differences_minus_mean_image"]
-    assert set(versus_mean) == set(names) - {"mean_image"}
-    assert versus_mean["oracle"]["mse"][1] < 0  # knowing the held-out anatomy is a large, certain gain
+    assert test["paired_differences_minus_mean_image"]["oracle"]["mse"][1] < 0
+    # every number can be recomputed from the predictions on disk: here cgan's test voxel r
+    with np.load(out / "predictions/test/cgan.npz") as saved:
+        keys, targets, pred = saved["keys"].tolist(), saved["targets"], saved["predictions"]
+    assert len(keys) == test["samples"] and pred.shape == targets.shape
+    with np.load(out / "predictions/test/mean_image.npz") as saved:
+        assert saved["keys"].tolist() == keys
+    mean_image = np.load(out / "predictions/test/mean_image.npz")["predictions"][0]
+    mask = mean_image > 0.2 * mean_image.max()
+    runs_of = [np.array([i for i, k in enumerate(keys) if k.startswith(f"sub-{s}_run-3_")])
+               for s in ("02", "04")]
+    recomputed = np.mean([voxel_r(pred[g], targets[g], mask) for g in runs_of])
+    assert recomputed == pytest.approx(rows["cgan"]["voxel_r"], abs=1e-6)
     for name in ("pairs.png", "changes.png", "training_curves.png", "slice_selection.png", "results.md"):
         assert (out / name).stat().st_size > 500
-    assert "| cgan |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "## test: held-out subjects x held-out stories" in printed and "| story_clock |" in printed
+
+
+def test_paper_protocol_scores_skimage_ssim_beside_the_paper(paper_ingested, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    train(TrainConfig(shards=str(paper_ingested), out=str(runs / "cgan"), epochs=1, batch_size=16,
+                      device="cpu", target="image", recon_weight=1.0), progress=False)
+    out = tmp_path / "eval"
+    assert evaluate_cli.main(["--protocol", "paper", "--shards", str(paper_ingested), "--runs", str(runs),
+                              "--out", str(out), "--bootstrap", "100"]) == 0
+    result = json.loads((out / "paper_protocol.json").read_text())
+    assert result["paper"] == {"mse": 0.046, "ssim": 0.622} and result["ssim"]["win_size"] == 7
+    assert result["pairing"]["pairing"] == "paper"
+    test = {r["name"]: r for r in result["sets"]["test"]["rows"]}
+    assert set(test) == {"cgan", "mean_image"} and result["sets"]["test"]["runs"] == 2
+    assert all(0 < r["ssim"] <= 1 and 0 < r["mse"] < 1 for r in test.values())
+    printed = capsys.readouterr().out
+    assert "| (paper, its held-out subjects) | cGAN | 0.046 | 0.622 |" in printed
+
+
+def test_paper_ssim_is_scikit_image_with_a_7x7_window_and_the_real_images_range():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(2)
+    real = rng.uniform(0.2, 0.6, (3, 16, 16))
+    pred = np.clip(real + rng.normal(0, 0.05, real.shape), 0, 1)
+    scores = paper_scores(pred, real)
+    for i in range(3):
+        expected = structural_similarity(real[i], pred[i], win_size=7,
+                                         data_range=real[i].max() - real[i].min())
+        assert scores["ssim"][i] == pytest.approx(expected)
+    assert scores["mse"] == pytest.approx(((pred - real) ** 2).mean(axis=(1, 2)))
+    # a per-image range is not one fixed range: the score changes with it (why they are not comparable)
+    fixed = structural_similarity(real[0], pred[0], win_size=7, data_range=1.0)
+    assert abs(fixed - scores["ssim"][0]) > 1e-3
 
 
 def test_metrics_on_known_images():
@@ -65,8 +118,6 @@ def test_metrics_on_known_images():
     assert (noisy["ssim"] < 0.99).all() and (noisy["mse"] > 0).all()
     assert np.isclose(voxel_r(real, real, mask), 1.0)
     assert voxel_r(np.broadcast_to(real[0], real.shape), real, mask) == 0.0
-    lo, hi = bootstrap_ci(np.arange(100.0), rng)
-    assert lo < 49.5 < hi
 
 
 def test_oracle_signal_is_the_truths_change_on_the_mean_anatomy():

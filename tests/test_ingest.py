@@ -25,8 +25,10 @@ def ingest(*args: str) -> int:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_shards_match_the_index_and_open_with_plain_webdataset(ingested: Path):
     index = read_index(ingested)
-    assert index.split == {"train": ["01", "03"], "held_out": ["02", "04"]}  # one F + one M held out
-    assert index.failed == [] and len(index.runs) == 8
+    # one F + one M held out, and the highest story (no sixth story among 1-3)
+    assert index.split == {"subjects": {"train": ["01", "03"], "held_out": ["02", "04"]},
+                           "stories": {"train": [1, 2], "held_out": [3]}}
+    assert index.failed == [] and len(index.runs) == 12
     assert index.features["kind"] == "mean" and index.features["width"] == 328
     keys = []
     for entry in index.shards:
@@ -37,7 +39,10 @@ def test_shards_match_the_index_and_open_with_plain_webdataset(ingested: Path):
             assert s["meg.npy"].shape == (328,) and s["meg.npy"].dtype == np.float32
             assert s["fmri.npy"].shape == (32, 32) and 0 <= s["fmri.npy"].min() <= s["fmri.npy"].max() <= 1
             assert s["json"]["split"] == entry.split
-            assert (s["json"]["subject"] in index.split["held_out"]) == (entry.split == "held_out")
+            new_subject = s["json"]["subject"] in index.held_out("subjects")
+            new_story = s["json"]["run"] in index.held_out("stories")
+            assert entry.split == {(False, False): "train", (True, True): "test", (True, False): "seen_story",
+                                   (False, True): "seen_subject"}[(new_subject, new_story)]
         keys += [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys)) == index.count() == sum(r["count"] for r in index.runs)
     assert len(index.shards) > 2  # 30 samples per shard: several, the last one partly filled
@@ -134,7 +139,8 @@ def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path,
         (meg_dir / f"{stem}_meg.fif").symlink_to(tiny_root / f"sub-{subject}/meg/{stem}_meg.fif")
         (mni_dir / f"{stem}_bold.nii.gz").symlink_to(tiny_root / f"sub-{subject}/func/{stem}_bold.nii.gz")
     out = tmp_path / "out"
-    assert ingest("--bids-root", str(root), "--out", str(out), "--preprocessed", "--held-out", "02") == 0
+    assert ingest("--bids-root", str(root), "--out", str(out), "--preprocessed", "--held-out", "02",
+                  "--held-out-stories", "none") == 0
     index = read_index(out)
     assert [(r["subject"], r["run"]) for r in index.runs] == [("01", 1), ("02", 1)]
     sources = zarr.open_group(out / "cache.zarr/sub-01_run-1", mode="r").attrs["sources"]

@@ -19,6 +19,7 @@ import zarr
 
 from meg2fmri.ingest import cli as ingest_cli
 from meg2fmri.ingest.driver import run_ingest
+from meg2fmri.ingest.pairing import PairingConfig
 from meg2fmri.ingest.pipeline import IngestConfig
 from meg2fmri.shards.index import read_index
 
@@ -87,7 +88,13 @@ def test_a_faulty_run_fails_alone_and_is_redone_once_fixed(tiny_root: Path, tmp_
     shutil.copytree(tiny_root, root)
     expected = break_dataset(root)
     out = tmp_path / "out"
+    # every training run (sub-01 and sub-03, stories 1-2) is broken: no slice can be chosen from them,
+    # so nothing is paired, and every run says why (the failures name their file, the rest --slice)
     assert ingest("--bids-root", str(root), "--out", str(out)) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("not paired: no training run could be ingested") == 5
+    assert not (out / "index.json").exists()
+    assert ingest("--bids-root", str(root), "--out", str(out), "--slice", "4") == 1
     printed = capsys.readouterr().out
     index = read_index(out)
     failed = {(f["subject"], f["run"]): f["error"] for f in index.failed}
@@ -95,16 +102,18 @@ def test_a_faulty_run_fails_alone_and_is_redone_once_fixed(tiny_root: Path, tmp_
     for key, (name, phrase) in expected.items():
         assert name in failed[key] and phrase in failed[key], failed[key]
         assert f"FAILED: {failed[key]}" in printed
-    assert [(r["subject"], r["run"]) for r in index.runs] == [("04", 1)]
-    assert index.count("held_out") == 20
+    assert [(r["subject"], r["run"]) for r in index.runs] == [("01", 3), ("02", 3), ("03", 3), ("04", 1),
+                                                              ("04", 3)]
+    assert (index.count("train"), index.count("seen_story"), index.count("test")) == (0, 20, 40)
     # fix one run: only that run is decoded again, the others are not redone
     shutil.copy(tiny_root / STEM.format(s="01", d="func", r=2, x="events.tsv"),
                 root / STEM.format(s="01", d="func", r=2, x="events.tsv"))
-    report = run_ingest(IngestConfig(root, out), progress=False)
+    report = run_ingest(IngestConfig(root, out, pairing=PairingConfig(slice=4)), progress=False)
     by_run = {(r["subject"], r["run"]): r for r in report.results}
     assert by_run[("01", 2)]["ok"] and by_run[("01", 2)]["decoded"]
     assert by_run[("04", 1)].get("resumed") and not by_run[("04", 1)]["decoded"]
     assert len(report.failed) == 6
+    assert report.index.count("train") == 20  # sub-01 story 2 is a training run
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -191,8 +200,8 @@ def test_ray_address_uses_an_existing_cluster(tiny_root: Path, tmp_path: Path):
     try:
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "meg2fmri.ingest.cli", "--bids-root", str(tiny_root), "--out", str(out),
-               "--subjects", "01,02", "--runs", "1", "--held-out", "02", "--ray-address", f"127.0.0.1:{port}",
-               "--quiet"]
+               "--subjects", "01,02", "--runs", "1", "--held-out", "02", "--held-out-stories", "none",
+               "--ray-address", f"127.0.0.1:{port}", "--quiet"]
         for _ in range(60):  # the head needs a few seconds to accept drivers
             result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
             if result.returncode == 0 or "ConnectionError" not in result.stderr:

@@ -41,7 +41,7 @@ def collect(loader) -> list[dict]:
     return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in loader]
 
 
-@pytest.mark.parametrize("split", ["train", "held_out"])
+@pytest.mark.parametrize("split", ["train", "test", "seen_story", "seen_subject"])
 def test_every_backend_yields_the_split_with_the_stored_values(source, split, ingested):
     url, store = source
     expected = reference(ingested, split)

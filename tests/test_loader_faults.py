@@ -74,7 +74,7 @@ def test_skip_policy_leaves_out_the_corrupt_shard_and_counts_it(shard_copy):
 def test_verify_passes_clean_shards_and_reads_s3(s3_shards, capsys):
     url, options = s3_shards
     assert shards_cli.main(["verify", url, "--endpoint-url", options["endpoint_url"], "--quiet"]) == 0
-    assert "6 of 6 shards ok (160 samples)" in capsys.readouterr().out
+    assert "10 of 10 shards ok (240 samples)" in capsys.readouterr().out
 
 
 def test_s3_server_stopped_mid_epoch_retries_then_names_the_shard(ingested, aws_env):
@@ -114,12 +114,12 @@ def test_s3_disk_cache_respects_its_limit_and_serves_the_next_epoch(s3_shards, t
 def test_zarr_map_dataset_holds_the_same_samples(ingested, tmp_path, backend, s3_server):
     out = export_zarr(ingested, tmp_path / "samples.zarr", progress=False)
     index = read_index(ingested)
-    expected = [s for e in index.shards if e.split == "held_out" for s in read_shard(ingested / e.name)]
+    expected = [s for e in index.shards if e.split == "seen_story" for s in read_shard(ingested / e.name)]
     if backend == "s3":
         url = upload_folder(s3_server, out, "meg2fmri-zarr", "samples.zarr")
-        dataset = ZarrSamples(url, "held_out", storage_options={"endpoint_url": s3_server}, meta=True)
+        dataset = ZarrSamples(url, "seen_story", storage_options={"endpoint_url": s3_server}, meta=True)
     else:
-        dataset = ZarrSamples(out, "held_out", meta=True)
+        dataset = ZarrSamples(out, "seen_story", meta=True)
     assert len(dataset) == len(expected)
     item = dataset[7]
     assert np.array_equal(item["meg"].numpy(), expected[7].meg)

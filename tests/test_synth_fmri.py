@@ -96,3 +96,60 @@ def test_bold_response_is_half_to_three_percent(long_root: Path):
         changes.append(100 * np.median(change))
     assert 0.5 <= np.median(changes) <= 3.0
     assert max(changes) < 5.0
+
+
+def test_physiological_noise_is_smooth_correlated_in_time_and_keeps_the_total_tsnr():
+    """With no signal and no drift, the noise of a run has temporal SNR ``--tsnr`` whatever its
+    physiological share; the physiological part is spatially smooth and an AR(1) with a 5-s time
+    constant, so the series are autocorrelated in proportion to the share."""
+    from meg2fmri.ingest.synth.config import Coupling, RunPlan
+    from meg2fmri.ingest.synth.fmri import physio_field, subject_anatomy, synthesize_bold
+
+    anatomy = subject_anatomy(np.random.default_rng(0), (20, 20, 12))
+    plan = RunPlan("01", 1, 60.0, 300, False)
+
+    def noise(share):
+        c = Coupling(physio_share=share, tsnr=30.0, drift_percent=0.0)
+        data = synthesize_bold(plan, np.zeros((1, 600)), anatomy, np.zeros((1, 20, 20, 12), np.float32), c,
+                               np.random.default_rng(1), 5.0, np.random.default_rng(2)).astype(np.float64)
+        return data[anatomy.brain]
+
+    def lag1(x):
+        return float(np.median([np.corrcoef(v[:-1], v[1:])[0, 1] for v in x]))
+
+    for share in (0.0, 0.6):
+        x = noise(share)
+        assert np.median(x.mean(axis=1) / x.std(axis=1)) == pytest.approx(30, rel=0.15)
+    assert abs(lag1(noise(0.0))) < 0.1  # thermal noise is white
+    # about share x exp(-0.71 / 5) = 0.52 at a voxel of mean intensity; less in dimmer voxels, whose
+    # physiological part (proportional to the signal) is smaller against the same thermal noise
+    assert 0.3 < lag1(noise(0.6)) < 0.55
+    patterns, courses = physio_field(np.random.default_rng(3), anatomy.brain, 300)
+    assert lag1(courses) == pytest.approx(np.exp(-0.71 / 5), abs=0.06)
+    field = (patterns[..., None] * courses[:, None, None, None, :5]).sum(axis=0)[..., 0]
+    inside = anatomy.brain[1:] & anatomy.brain[:-1]
+    assert np.corrcoef(field[1:][inside], field[:-1][inside])[0, 1] > 0.8  # neighbours move together
+    assert ((patterns ** 2).sum(axis=0)[anatomy.brain].mean()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_each_subject_has_its_own_hrf_and_hidden_sources_drive_bold_only(tiny_root: Path):
+    from meg2fmri.ingest.synth.sources import canonical_hrf
+
+    config = json.loads((tiny_root / "derivatives/synth/synth_config.json").read_text())
+    peaks = list(config["hrf_peak_s"].values())
+    assert all(4.0 <= p <= 6.0 for p in peaks) and len(set(peaks)) == len(peaks)
+    for p in (4.0, 5.0, 6.0):
+        assert np.argmax(canonical_hrf(peak=p)) / 10 == pytest.approx(p, abs=0.11)
+    coupling = config["config"]["coupling"]
+    groups = config["sources"]
+    assert (len(groups["meg_and_bold"]), len(groups["bold_only"]), len(groups["meg_only"])) == (
+        coupling["n_sources"], coupling["hidden_sources"], coupling["meg_only_sources"])
+    # the MEG mixes shared + MEG-only sources; BOLD maps and drives cover shared + hidden ones
+    shared = len(groups["meg_and_bold"])
+    assert truth(tiny_root, "01", "meg_mixing").shape[1] == shared + len(groups["meg_only"])
+    assert truth(tiny_root, "01", "fmri_maps").shape[0] == shared + len(groups["bold_only"])
+    drive = np.load(tiny_root / "derivatives/synth/stories/story-1_bold-drive_10Hz.npy")
+    envelope = np.load(tiny_root / "derivatives/synth/stories/story-1_envelope_100Hz.npy")
+    assert drive.shape[0] == truth(tiny_root, "01", "fmri_maps").shape[0] < envelope.shape[0]
+    assert float(truth(tiny_root, "03", "fmri_hrf_peak_s")) == pytest.approx(config["hrf_peak_s"]["sub-03"],
+                                                                             abs=1e-4)

@@ -69,11 +69,16 @@ def test_read_raw_bids_gives_channels_and_annotations(tiny_root: Path):
     assert raw.info["line_freq"] == 50.0
 
 
+def truth_coupling(root: Path) -> Coupling:
+    c = truth_config(root)["coupling"]
+    return Coupling(**{**c, "carrier_band": tuple(c["carrier_band"]), "hrf_peak": tuple(c["hrf_peak"])})
+
+
 def stimulus_and_noise(root: Path, subject: str, run: int) -> tuple[np.ndarray, np.ndarray, float]:
     """The run's MEG channels split into the stimulus-driven part (from the ground truth) and
     the rest, over the story; returns (signal, noise, story start in s)."""
     config = truth_config(root)
-    coupling = Coupling(**{**config["coupling"], "carrier_band": tuple(config["coupling"]["carrier_band"])})
+    coupling = truth_coupling(root)
     sources = story_sources(config["seed"], run, config["story_duration"], coupling)
     mixing = np.load(root / f"derivatives/synth/sub-{subject}/sub-{subject}_meg_mixing.npy")
     raw = read_fif(root, subject, run, preload=True).pick(["grad", "mag"])
@@ -81,7 +86,7 @@ def stimulus_and_noise(root: Path, subject: str, run: int) -> tuple[np.ndarray, 
     row = next(r for r in runs if r["subject"] == subject and int(r["run"]) == run)
     start = float(row["meg_story_start_s"])
     i0 = int(round(start * 1000))
-    signal = mixing @ sources.neural
+    signal = mixing @ sources.neural[coupling.meg_rows()]  # the hidden sources reach no sensor
     data = raw.get_data()[:, i0:i0 + signal.shape[1]]
     return signal, data - signal, start
 
@@ -104,8 +109,9 @@ def test_band_power_of_sources_follows_the_envelope(long_root: Path):
     power = filtered**2
     n = power.shape[1] // 1000
     power_1s = power[:, : n * 1000].reshape(len(power), n, 1000).mean(axis=2)
-    envelope = np.load(long_root / "derivatives/synth/stories/story-2_envelope_100Hz.npy")
-    other = np.load(long_root / "derivatives/synth/stories/story-1_envelope_100Hz.npy")
+    rows = truth_coupling(long_root).meg_rows()
+    envelope = np.load(long_root / "derivatives/synth/stories/story-2_envelope_100Hz.npy")[rows]
+    other = np.load(long_root / "derivatives/synth/stories/story-1_envelope_100Hz.npy")[rows]
     def env_1s(e):
         return (e[:, : n * 100] ** 2).reshape(len(e), n, 100).mean(axis=2)
     true_r = [np.corrcoef(p, e)[0, 1] for p, e in zip(power_1s, env_1s(envelope), strict=True)]

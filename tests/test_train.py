@@ -44,6 +44,18 @@ def test_log_has_losses_lr_and_data_wait(ingested, tmp_path):
     assert end["epoch_end"] == 0 and 0 <= end["data_wait_fraction"] <= 1
 
 
+def test_one_sample_per_run_refuses_deviation_targets_and_names_the_fix(paper_ingested, tmp_path, capsys):
+    """With one pair per run (--pairing paper) a run's mean image is its only image: deviation targets
+    would all equal the mean training image. train refuses, naming --target image, which works."""
+    args = ["--shards", str(paper_ingested), "--out", str(tmp_path / "dev"), "--epochs", "1", "--quiet",
+            "--device", "cpu"]
+    assert train_cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "training run(s) have one sample" in err and "use --target image" in err
+    assert not (tmp_path / "dev" / "checkpoint.pt").exists()
+    assert train_cli.main([*args[:3], str(tmp_path / "img"), *args[4:], "--target", "image"]) == 0
+
+
 def test_bad_inputs_fail_before_training(ingested, tmp_path, capsys):
     missing = ["--shards", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), "--quiet"]
     assert train_cli.main(missing) == 1

@@ -61,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "when complete.",
         formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="tiny: 4 subjects x 2 runs of 40 s, 24x24x18 voxels (tests, seconds); demo: "
-                   "12 subjects x 3 runs of 60 s at 106x106x72 (a few minutes, ~7.5 GB); full: 12 x 60 "
-                   "runs at the real story lengths (benchmarks only; about 660 GB, see --dry-run)")
+                   help="tiny: 4 subjects x 3 runs of 40 s, 24x24x18 voxels (tests, seconds); demo: "
+                   "12 subjects x stories 1,2,3,6,12 of 60 s at 48x48x32 (2 minutes, ~6 GB); bench: 12 x 3 "
+                   "runs of 60 s at 106x106x72 (benchmarks, ~7.5 GB); full: 12 x 60 runs at the real story "
+                   "lengths (benchmarks only; about 660 GB, see --dry-run)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ./synth-PRESET); refused if it exists and is not empty")
     p.add_argument("--subjects", type=parse_subjects, default=None,
