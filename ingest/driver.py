@@ -130,11 +130,13 @@ def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
 
 
 def choose_slice(ray, tasks: list[RunTask], config: IngestConfig, train: set[tuple[str, int]],
-                 progress: bool) -> tuple[IngestConfig, list[dict], dict]:
+                 progress: bool) -> tuple[IngestConfig, list[dict], dict, dict]:
     """Cache every run and choose one slice from the *training* runs' correlation profiles; return
-    the config with that slice, the failed runs, and how the slice was chosen (for the index)."""
+    the config with that slice, the failed runs, how the slice was chosen (for the index), and each
+    cached run's first-pass result (whether it was decoded, its memory and stage times)."""
     results = run_tasks(ray, tasks, config, progress, desc="ingest (cache, slice profiles)")
     failed = [r for r in results if not r["ok"]]
+    first = {(r["subject"], r["run"]): r for r in results if r["ok"]}
     profiles = [np.array(r["profile"], dtype=float) for r in results
                 if r["ok"] and (r["subject"], r["run"]) in train]
     if not profiles:  # nothing can be paired: report every run (the failures say why)
@@ -142,11 +144,11 @@ def choose_slice(ray, tasks: list[RunTask], config: IngestConfig, train: set[tup
                   "or pass --slice)")
         failed += [{"subject": r["subject"], "run": r["run"], "ok": False,
                     "error": f"sub-{r['subject']}_run-{r['run']}: {reason}"} for r in results if r["ok"]]
-        return config, failed, {"slice": None, "chosen_from": reason}
+        return config, failed, {"slice": None, "chosen_from": reason}, first
     chosen = consensus_slice(profiles)
     pairing = dataclasses.replace(config.pairing, slice=chosen)
     how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(profiles)} training runs"}
-    return dataclasses.replace(config, pairing=pairing), failed, how
+    return dataclasses.replace(config, pairing=pairing), failed, how, first
 
 
 def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
@@ -167,10 +169,11 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     seconds = {"plan": time.perf_counter() - clock}
     clock = time.perf_counter()
     failed: list[dict] = []
+    first: dict[tuple[str, int], dict] = {}
     slice_choice = {"slice": config.pairing.slice, "chosen_from": "--slice"}
     with ray_session(config) as ray:
         if config.pairing.slice is None:
-            config, failed, slice_choice = choose_slice(
+            config, failed, slice_choice, first = choose_slice(
                 ray, tasks, config, {k for k, v in split.items() if v == "train"}, progress)
             tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
         if config.pairing.slice is None:
@@ -183,6 +186,12 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
         if todo:
             results += run_tasks(ray, todo, config, progress)
     seconds["tasks"] = time.perf_counter() - clock
+    for r in results:  # a run decoded in the slice-choice pass: keep what that pass measured
+        earlier = first.get((r["subject"], r["run"]))
+        if r["ok"] and earlier is not None and earlier["decoded"]:
+            r.update(decoded=True, resumed=False, decoded_mb=earlier["decoded_mb"],
+                     peak_task_mb=max(earlier["peak_task_mb"], r.get("peak_task_mb", 0.0)),
+                     seconds={**earlier["seconds"], **r.get("seconds", {})})
     results.sort(key=lambda r: (r["subject"], r["run"]))
     for r in results:
         r["split"] = split[(r["subject"], r["run"])]

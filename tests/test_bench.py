@@ -42,7 +42,7 @@ def run_bench(which: str, tiny_root: Path, tmp_path: Path, *args: str) -> tuple[
 def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
     out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01,02,03")
     rows = check_shape(out, ["read_only", "ingest_1worker", "ingest_all"])
-    assert rows[1]["runs"] == 6 and rows[1]["peak_task_mb"] > 0
+    assert rows[1]["runs"] == 9 and rows[1]["peak_task_mb"] > 0
     assert "ingest (1 worker) / read-only" in stdout
 
 

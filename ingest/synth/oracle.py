@@ -76,17 +76,43 @@ def oracle_images(bids_root: Path, ingest_out: Path,
     return keys, np.stack(images).astype(np.float32)
 
 
+def peak_slice(bids_root: Path, exclude: tuple[str, ...]) -> int:
+    """The axial slice holding the most true BOLD-map mass of the subjects not in ``exclude`` (the
+    held-out ones): a slice fixed a priori from the simulator's ground truth, as a user of real data
+    would fix one from anatomy (say, through auditory cortex), never from held-out recordings."""
+    truth = Path(bids_root) / TRUTH
+    subjects = sorted(p.name.removeprefix("sub-") for p in truth.glob("sub-*") if p.is_dir())
+    chosen = [s for s in subjects if s not in exclude]
+    if not chosen:
+        raise InputError(f"{truth}: no subject's ground truth left after excluding {list(exclude)}")
+    mass = sum(np.load(truth / f"sub-{s}" / f"sub-{s}_fmri_maps.npy").sum(axis=(0, 1, 2)) for s in chosen)
+    return int(np.argmax(mass))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="synth-oracle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bids-root", type=Path, required=True, help="the synth dataset (with derivatives/synth)")
-    p.add_argument("--ingest", type=Path, required=True,
-                   help="ingest's --out: index.json, shards/, cache.zarr")
-    p.add_argument("--out", type=Path, required=True, help="the .npz to write (keys, images)")
+    p.add_argument("--ingest", type=Path, help="ingest's --out: index.json, shards/, cache.zarr")
+    p.add_argument("--out", type=Path, help="the .npz to write (keys, images)")
+    p.add_argument("--peak-slice", action="store_true",
+                   help="only print the axial slice with the most true BOLD-map mass of the subjects not in "
+                        "--exclude (an a-priori slice for `ingest --slice`)")
+    p.add_argument("--exclude", default="", metavar="09,10",
+                   help="with --peak-slice: held-out subjects, whose truth is not looked at")
     p.add_argument("--split", action="append", choices=SPLITS, default=None,
                    help="set(s) to write, repeatable (default: every evaluation set: "
                         f"{', '.join(EVALUATION_SETS)})")
     args = p.parse_args(argv)
+    if args.peak_slice:
+        try:
+            print(peak_slice(args.bids_root, tuple(x.strip().zfill(2) for x in args.exclude.split(",") if x)))
+        except (Meg2fmriError, FileNotFoundError) as err:
+            print(f"synth-oracle: error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if args.ingest is None or args.out is None:
+        p.error("--ingest and --out are required (unless --peak-slice)")
     try:
         splits = tuple(args.split or EVALUATION_SETS)
         keys, images = oracle_images(args.bids_root, args.ingest, splits)
