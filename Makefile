@@ -32,9 +32,10 @@ install-test: $(VENV)/.installed-test
 # The demo (README: "Demo"). Four held-out subjects (two F, two M) so that `test` (held-out subjects
 # x held-out stories 6 and 12) has 8 runs and intervals can resample subjects. Fixed a priori, not
 # chosen on any held-out data: the slice (the one with the most true source-map mass of the training
-# subjects, from the simulator's ground truth, as a user would pick one from anatomy); band power
-# over 4-s epochs (the generator's envelope time scales are 2 and 8 s) with a 7-s lag (epoch centre
-# + the canonical HRF's 5-s peak); 30 epochs, learning rate halved every 10 (the paper: 125 and 20);
+# subjects, from the simulator's ground truth, as a user would pick one from anatomy); one sample
+# per fMRI volume (--stride 0.71 = TR: every volume of a story is a target); band power over 4-s
+# epochs (the generator's envelope time scales are 2 and 8 s) with a 7-s lag (epoch centre + the
+# canonical HRF's 5-s peak); 30 epochs, learning rate halved every 10 (the paper: 125 and 20);
 # --smooth 1 (FWHM 2.4 px, below the source blobs' width). Chosen by grouped cross-validation on
 # training subjects x stories: every ridge penalty (one per pixel). synth-oracle writes the noise-free
 # truth (the ceiling).
@@ -45,7 +46,7 @@ DEMO_SEED ?= 0
 #   DEMO_SYNTH="--hidden-sources 0 --meg-only-sources 0 --physio-share 0 --hrf-peak 5,5 --tsnr 70"
 DEMO_SYNTH ?=
 DEMO_SMOOTH ?= 1
-DEMO_INGEST = --held-out $(DEMO_HELD_OUT) --features bandpower --epoch 4 --lag 7
+DEMO_INGEST = --held-out $(DEMO_HELD_OUT) --features bandpower --epoch 4 --lag 7 --stride 0.71
 demo: $(VENV)/.installed
 	$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite --seed $(DEMO_SEED) $(DEMO_SYNTH)
 	rm -rf $(DEMO_DIR)/ingest $(DEMO_DIR)/runs $(DEMO_DIR)/runs-unsmoothed $(DEMO_DIR)/eval

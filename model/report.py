@@ -34,7 +34,7 @@ def set_table(name: str, result: dict) -> list[str]:
             f"{interval(r['ssim_ci'], '.5f')} | {r['ssim_mask']:.5f} |"
         )
     for title, key in (
-        ("cgan minus each method", "paired_differences_cgan_minus"),
+        ("each MEG model minus each baseline and other model", "paired_differences"),
         ("each method minus mean_image", "paired_differences_minus_mean_image"),
     ):
         lines += [

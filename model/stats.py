@@ -60,10 +60,14 @@ def resampling_unit(subjects: np.ndarray) -> str:
 
 
 def standardise(series: np.ndarray) -> np.ndarray:
-    """Each column of ``(times, pixels)`` centred and scaled to unit norm (0 where constant)."""
-    x = series.astype(np.float64) - series.mean(axis=0)
+    """Each column of ``(times, pixels)`` centred and scaled to unit norm; a constant column is 0
+    (tested with ``ptp``: centring a constant float32 column leaves rounding residue, which scaling
+    would blow up into noise)."""
+    x = series.astype(np.float64)
+    varies = np.ptp(x, axis=0) > 0
+    x = x - x.mean(axis=0)
     norm = np.sqrt((x**2).sum(axis=0))
-    return np.where(norm > 0, x / np.where(norm > 0, norm, 1), 0.0)
+    return np.where(varies & (norm > 0), x / np.where(norm > 0, norm, 1), 0.0)
 
 
 def shifted_r(pred: np.ndarray, real: np.ndarray, circular: bool = False) -> np.ndarray:

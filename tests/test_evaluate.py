@@ -46,10 +46,15 @@ def test_evaluate_writes_sets_rows_intervals_predictions_and_figures(ingested, t
         assert r["mse_ci"][0] <= r["mse"] <= r["mse_ci"][1] and 0 <= r["mse"] <= 1 and -1 <= r["ssim"] <= 1
         assert 0 < r["voxel_r_p"] <= 1
     assert rows["again"]["mse"] == rows["cgan"]["mse"]  # the same run scored twice on the same pairs
-    assert test["paired_differences_cgan_minus"]["cgan-again"]["voxel_r"] == [0.0, 0.0]
+    assert test["paired_differences"]["again-cgan"]["voxel_r"] == [0.0, 0.0]
+    assert {"cgan-mean_image", "cgan-shuffled", "cgan-stimulus", "cgan-ridge", "ridge-cgan",
+            "ridge-stimulus"} <= set(test["paired_differences"])
+    assert "cgan-story_clock" in seen["paired_differences"]
+    assert "shuffled-cgan" not in test["paired_differences"]
     assert rows["mean_image"]["voxel_r"] == 0.0 and rows["mean_image"]["voxel_r_p"] == 1.0
     # the noise-free truth, normalised and oriented like the shards, is far closer than any model
-    assert rows["oracle"]["mse"] < 0.01 * rows["mean_image"]["mse"]
+    # (what is left is the scanner noise: tSNR 30, thermal and physiological)
+    assert rows["oracle"]["mse"] < 0.1 * rows["mean_image"]["mse"]
     assert rows["oracle"]["voxel_r"] > rows["ridge"]["voxel_r"]
     assert rows["oracle"]["voxel_r_of_ceiling"] == 1.0
     assert abs(rows["oracle_signal"]["voxel_r"] - rows["oracle"]["voxel_r"]) < 0.05

@@ -115,7 +115,7 @@ def test_paper_pairing_and_bandpower_from_cache(ingested: Path, tmp_path: Path, 
         hidden.rename(tiny_root)
     assert code == 0
     index = read_index(out)
-    assert index.count() == 8 and index.features["width"] == 328 * 5
+    assert index.count() == 12 and index.features["width"] == 328 * 5  # one pair per run
     assert index.features["names"][:2] == ["BIO001:delta", "IASX+:delta"]
     for entry in index.shards:
         for s in read_shard(out / entry.name):

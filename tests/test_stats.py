@@ -90,6 +90,9 @@ def test_time_shift_null_detects_a_real_prediction_and_is_better_calibrated_than
             )
     assert rejections[False] <= 18  # 12%: measured 8% over 600 replicates
     assert rejections[True] > rejections[False]
+    # a prediction constant over time follows nothing, even with float32 rounding residue in it
+    constant = [np.broadcast_to(np.float32(0.3) + np.float32(1e-7) * (t[:1] > 0), t.shape) for t in truth]
+    assert shift_null(constant, truth, rng, n=100, min_shift=8)["p"] == 1.0
     # runs too short for the minimum shift are left out
     short = shift_null([t[:10] for t in good], [t[:10] for t in truth], rng, n=50, min_shift=8)
     assert short["runs"] == 0 and np.isnan(short["p"])

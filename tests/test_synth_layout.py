@@ -24,8 +24,8 @@ def expected_subject_files(subject: str, runs: list[int]) -> set[str]:
 
 def test_files_match_real_layout_exactly(tiny_root: Path):
     found = {str(p.relative_to(tiny_root)) for p in tiny_root.glob("sub-*/**/*") if p.is_file()}
-    expected = set().union(*(expected_subject_files(s, [1, 2]) for s in ["01", "02", "03", "04"]))
-    assert len(expected) == 4 * (1 + 2 * 7)
+    expected = set().union(*(expected_subject_files(s, [1, 2, 3]) for s in ["01", "02", "03", "04"]))
+    assert len(expected) == 4 * (1 + 3 * 7)
     assert found == expected
 
 
