@@ -35,12 +35,14 @@ install-test: $(VENV)/.installed-test
 # subjects, from the simulator's ground truth, as a user would pick one from anatomy); one sample
 # per fMRI volume (--stride 0.71 = TR: every volume of a story is a target); band power over 4-s
 # epochs (the generator's envelope time scales are 2 and 8 s) with a 7-s lag (epoch centre + the
-# canonical HRF's 5-s peak); 30 epochs, learning rate halved every 10 (the paper: 125 and 20);
+# canonical HRF's 5-s peak); 12 epochs, learning rate halved every 4 (the paper: 125 and 20; 760
+# steps of 32, the step count of earlier demos, as the 10-minute budget allows);
 # --smooth 1 (FWHM 2.4 px, below the source blobs' width). Chosen by grouped cross-validation on
 # training subjects x stories: every ridge penalty (one per pixel). synth-oracle writes the noise-free
 # truth (the ceiling).
 DEMO_HELD_OUT ?= 09,10,11,12
-DEMO_EPOCHS ?= 30
+DEMO_EPOCHS ?= 12
+DEMO_LR_STEP ?= 4
 DEMO_SEED ?= 0
 # Extra `synth` options, e.g. the earlier, easier world (README: "Old and new synthetic world"):
 #   DEMO_SYNTH="--hidden-sources 0 --meg-only-sources 0 --physio-share 0 --hrf-peak 5,5 --tsnr 70"
@@ -49,18 +51,16 @@ DEMO_SMOOTH ?= 1
 DEMO_INGEST = --held-out $(DEMO_HELD_OUT) --features bandpower --epoch 4 --lag 7 --stride 0.71
 demo: $(VENV)/.installed
 	$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite --seed $(DEMO_SEED) $(DEMO_SYNTH)
-	rm -rf $(DEMO_DIR)/ingest $(DEMO_DIR)/runs $(DEMO_DIR)/runs-unsmoothed $(DEMO_DIR)/eval
+	rm -rf $(DEMO_DIR)/ingest $(DEMO_DIR)/runs $(DEMO_DIR)/eval
 	slice=$$($(BIN)/synth-oracle --peak-slice --bids-root $(DEMO_DIR)/bids --exclude $(DEMO_HELD_OUT)) && \
 	$(BIN)/ingest --bids-root $(DEMO_DIR)/bids --out $(DEMO_DIR)/ingest $(DEMO_INGEST) --slice $$slice
 	for variant in cgan no_adversarial shuffled; do \
 		$(BIN)/train --shards $(DEMO_DIR)/ingest --out $(DEMO_DIR)/runs/$$variant --variant $$variant \
-			--epochs $(DEMO_EPOCHS) --lr-step-epochs 10 --smooth $(DEMO_SMOOTH) --seed $(DEMO_SEED) --quiet || exit 1; \
+			--epochs $(DEMO_EPOCHS) --lr-step-epochs $(DEMO_LR_STEP) --smooth $(DEMO_SMOOTH) --seed $(DEMO_SEED) --quiet || exit 1; \
 	done
-	$(BIN)/train --shards $(DEMO_DIR)/ingest --out $(DEMO_DIR)/runs-unsmoothed/cgan \
-		--epochs $(DEMO_EPOCHS) --lr-step-epochs 10 --seed $(DEMO_SEED) --quiet
 	$(BIN)/synth-oracle --bids-root $(DEMO_DIR)/bids --ingest $(DEMO_DIR)/ingest --out $(DEMO_DIR)/oracle.npz
 	$(BIN)/evaluate --shards $(DEMO_DIR)/ingest --runs $(DEMO_DIR)/runs --out $(DEMO_DIR)/eval \
-		--bids-root $(DEMO_DIR)/bids --oracle $(DEMO_DIR)/oracle.npz --extra cgan_unsmoothed=$(DEMO_DIR)/runs-unsmoothed/cgan
+		--bids-root $(DEMO_DIR)/bids --oracle $(DEMO_DIR)/oracle.npz
 	@echo "demo: synthetic ds004078-like dataset in $(DEMO_DIR)/bids (ground truth: $(DEMO_DIR)/bids/derivatives/synth)"
 	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest; runs (checkpoints, log.jsonl) in $(DEMO_DIR)/runs"
 	@echo "demo: results $(DEMO_DIR)/eval/results.md (test, seen_story, seen_subject); predictions $(DEMO_DIR)/eval/predictions/"
@@ -92,7 +92,7 @@ demo-pairing: $(VENV)/.installed
 			--pairing $$p --features mean --slice $$slice --quiet || exit 1; \
 	done
 	$(BIN)/train --shards $(DEMO_DIR)/pairing/windows --out $(DEMO_DIR)/pairing/runs/cgan \
-		--epochs $(DEMO_EPOCHS) --lr-step-epochs 10 --smooth $(DEMO_SMOOTH) --quiet
+		--epochs $(DEMO_EPOCHS) --lr-step-epochs $(DEMO_LR_STEP) --smooth $(DEMO_SMOOTH) --quiet
 	$(BIN)/train --shards $(DEMO_DIR)/pairing/paper --out $(DEMO_DIR)/pairing/paper-run --target image --quiet
 	$(BIN)/evaluate --shards $(DEMO_DIR)/pairing/windows --runs $(DEMO_DIR)/pairing/runs \
 		--out $(DEMO_DIR)/pairing/eval --bids-root $(DEMO_DIR)/bids --extra paper_pairing=$(DEMO_DIR)/pairing/paper-run
