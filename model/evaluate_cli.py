@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--null-draws", type=int, default=2000,
                    help="circular-shift null draws for voxelwise r (default: 2000)")
     p.add_argument("--min-shift", type=float, default=15.0, metavar="SECONDS",
-                   help="smallest time shift of a run's predictions against its targets in the null (not circular; "
-                        "default: 15 s, ~2 HRFs)")
+                   help="smallest time shift of a run's predictions against its targets in the null "
+                        "(not circular; default: 15 s, ~2 HRFs)")
     p.add_argument("--bids-root", default=None,
                    help="the BIDS dataset (for stimuli/audio/story_N.wav): adds the `stimulus` baseline")
     p.add_argument("--protocol", choices=["standard", "paper"], default="standard",
