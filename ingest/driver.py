@@ -161,7 +161,8 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     if missing:
         raise InputError(f"participants.tsv has no row for sub-{missing[0]} (needed for the split)")
     held_out = held_out_subjects({s: sexes[s] for s in subjects}, config.held_out)
-    stories = held_out_stories([t.run for t in tasks], config.held_out_stories)
+    all_stories = sorted({t.run for t in tasks})
+    stories = held_out_stories(all_stories, config.held_out_stories)
     split = {(t.subject, t.run): split_of(t.subject, t.run, held_out, stories) for t in tasks}
     config.out.mkdir(parents=True, exist_ok=True)
     root = cache.open_root(config.out, dataset, None if config.from_cache else sexes)
@@ -199,15 +200,14 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     index = None
     clock = time.perf_counter()
     if ok:
-        first = cache.read_run(root, *ok[0])
-        names = feature_names(config.pairing, first.attrs["ch_names"])
+        names = feature_names(config.pairing, cache.read_run(root, *ok[0]).attrs["ch_names"])
         index = write_shards(config, ok, split, {
             "dataset": dataset,
             "features": {"kind": config.pairing.features, "width": len(names), "names": names},
             "image_size": config.pairing.size,
             "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
                                    "held_out": list(held_out)},
-                      "stories": {"train": sorted({t.run for t in tasks} - set(stories)),
+                      "stories": {"train": [s for s in all_stories if s not in stories],
                                   "held_out": list(stories)}},
             "config": config.to_json() | {"slice_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
