@@ -360,7 +360,7 @@ def evaluate(config: EvalConfig) -> dict:
         save_predictions(out, ev, predictions[ev.name])
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(report.markdown(result))
-    shown = next(ev for ev in sets if ev.name == sets[0].name)
+    shown = sets[0]  # test where it exists: the figures show the headline set
     figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, Path(config.runs))
     figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
     figures.slice_figure(out, index)

@@ -66,9 +66,6 @@ def paper_protocol(config: EvalConfig) -> dict:
         if ev is None:
             continue
         rows = []
-        runs_of = np.empty(len(ev.meta), dtype=int)
-        for r, g in enumerate(ev.by_run):
-            runs_of[g] = r
         predictions = {m: generator_predictions(f, ev.meg, width, size) for m, f in models.items()}
         predictions["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape)
         for method, pred in predictions.items():
