@@ -112,7 +112,8 @@ def write_run(root: Path, files: RunFiles, meg: MegRun, fmri: FmriRun, story: St
         "subject": files.subject, "run": files.run, "ch_names": meg.ch_names,
         "meg_sfreq": MEG_SFREQ, "meg_story_onset_s": meg.story_onset, "meg_first_samp": meg.first_samp,
         "fmri_tr": fmri.tr, "fmri_story_onset_s": story.onset, "story_duration_s": story.duration,
-        "fmri_value_range": list(fmri.value_range), "warnings": meg.warnings,
+        "fmri_value_range": list(fmri.value_range), "fmri_affine": fmri.affine.tolist(),
+        "warnings": meg.warnings,
         "sources": {"meg": source_stamp(files.meg), "bold": source_stamp(files.bold)},
     })
     replace_dir(tmp, final)

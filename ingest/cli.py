@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     pairing.add_argument("--slice", type=int, default=None,
                          help="fixed axial slice (0-based) for every run; default: the slice whose mean "
                          "best follows the MEG profile, averaged over the training runs only")
+    pairing.add_argument("--target", choices=["slice", "volume", "parcels"], default="slice",
+                         help="what each sample's fMRI is: slice (one axial slice at --size, the paper's), "
+                         "volume (every voxel in the brain mask, built from training runs and written as "
+                         "OUT/mask.nii.gz; float16), parcels (the mean over each label of --atlas)")
+    pairing.add_argument("--atlas", type=str, default=None, metavar="FILE.nii.gz",
+                         help="parcels: an integer label image (e.g. a Schaefer or Harvard-Oxford atlas "
+                         "you downloaded), resampled to each run's grid; nothing is downloaded")
     split = p.add_argument_group("split (train / test / seen_story / seen_subject; see README: 'Splits')")
     split.add_argument("--held-out", "--held-out-subjects", dest="held_out", type=id_list, default=None,
                        metavar="01,02",
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         config = IngestConfig(
             bids_root=args.bids_root, out=args.out, subjects=args.subjects, runs=args.runs,
             pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice,
-                                  args.epoch),
+                                  args.epoch, args.target,
+                                  None if args.atlas is None else str(Path(args.atlas).resolve())),
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
             ray_address=args.ray_address)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from meg2fmri.shards.errors import InputError
-from meg2fmri.shards.index import ShardIndex
+from meg2fmri.shards.format import MASK_NAME
+from meg2fmri.shards.index import ShardIndex, write_atomic
 from meg2fmri.shards.split import SPLITS, held_out_stories, held_out_subjects, split_of
 
-from . import cache
+from . import cache, targets
 from .pairing import consensus_slice, feature_names
 from .pipeline import (
     IngestConfig,
@@ -24,6 +27,7 @@ from .pipeline import (
     done_runs,
     ingest_run,
     load_pairs,
+    needs_survey,
     pairs_dir,
     plan,
     reset_work,
@@ -57,8 +61,10 @@ def result_of_done(config: IngestConfig, subject: str, run: int) -> dict:
     """The summary of a run finished by an earlier (possibly interrupted) ingest."""
     _, _, meta = load_pairs(config, subject, run)
     attrs = cache.read_run(config.out / cache.CACHE_NAME, subject, run).attrs
+    with np.load(pairs_dir(config) / f"sub-{subject}_run-{run}.npz") as npz:
+        error = float(npz["storage_error"]) if "storage_error" in npz else 0.0
     return {"subject": subject, "run": run, "ok": True, "count": len(meta), "slice": meta[0]["slice"],
-            "decoded": False, "resumed": True, "warnings": attrs["warnings"]}
+            "decoded": False, "resumed": True, "warnings": attrs["warnings"], "storage_error": error}
 
 
 def slice_profile(config: IngestConfig, subject: str, run: int) -> list[float]:
@@ -129,26 +135,78 @@ def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
     return results
 
 
-def choose_slice(ray, tasks: list[RunTask], config: IngestConfig, train: set[tuple[str, int]],
-                 progress: bool) -> tuple[IngestConfig, list[dict], dict, dict]:
-    """Cache every run and choose one slice from the *training* runs' correlation profiles; return
-    the config with that slice, the failed runs, how the slice was chosen (for the index), and each
-    cached run's first-pass result (whether it was decoded, its memory and stage times)."""
-    results = run_tasks(ray, tasks, config, progress, desc="ingest (cache, slice profiles)")
+def survey_runs(ray, tasks: list[RunTask], config: IngestConfig, train: set[tuple[str, int]],
+                progress: bool) -> tuple[IngestConfig, list[dict], dict, dict]:
+    """Cache every run and choose, from the *training* runs only, what pairing waits for: one slice
+    (their slice-correlation profiles) or the brain mask (their mean volumes; written beside the
+    index). Return the config with the choice, the failed runs, how it was chosen (for the index),
+    and each cached run's first-pass result (whether it was decoded, its memory and stage times)."""
+    results = run_tasks(ray, tasks, config, progress, desc="ingest (cache, survey)")
     failed = [r for r in results if not r["ok"]]
     first = {(r["subject"], r["run"]): r for r in results if r["ok"]}
-    profiles = [np.array(r["profile"], dtype=float) for r in results
-                if r["ok"] and (r["subject"], r["run"]) in train]
-    if not profiles:  # nothing can be paired: report every run (the failures say why)
-        reason = ("not paired: no training run could be ingested to choose the slice from (fix those, "
-                  "or pass --slice)")
+    training = [r for r in results if r["ok"] and (r["subject"], r["run"]) in train]
+    if not training:  # nothing can be paired: report every run (the failures say why)
+        what = "--slice" if config.pairing.target == "slice" else "the mask"
+        reason = f"not paired: no training run could be ingested to choose {what} from (fix those)"
         failed += [{"subject": r["subject"], "run": r["run"], "ok": False,
                     "error": f"sub-{r['subject']}_run-{r['run']}: {reason}"} for r in results if r["ok"]]
-        return config, failed, {"slice": None, "chosen_from": reason}, first
-    chosen = consensus_slice(profiles)
-    pairing = dataclasses.replace(config.pairing, slice=chosen)
-    how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(profiles)} training runs"}
+        return config, failed, {"chosen_from": reason}, first
+    if config.pairing.target == "slice":
+        chosen = consensus_slice([np.array(r["profile"], dtype=float) for r in training])
+        pairing = dataclasses.replace(config.pairing, slice=chosen)
+        how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(training)} training runs"}
+    else:
+        pairing, how = write_mask(config, results, training)
+    for r in first.values():
+        r.pop("mean_volume", None)
     return dataclasses.replace(config, pairing=pairing), failed, how, first
+
+
+def write_mask(config: IngestConfig, results: list[dict], training: list[dict]) -> tuple:
+    """The training runs' brain mask as ``OUT/mask.nii.gz`` (every run must share one grid)."""
+    grid = training[0]["grid"]
+    other = [r for r in results if r["ok"] and (r["grid"]["shape"] != grid["shape"] or not np.allclose(
+        r["grid"]["affine"], grid["affine"], atol=1e-3))]
+    if other:
+        r = other[0]
+        raise InputError(
+            f"sub-{r['subject']}_run-{r['run']} is on a {'x'.join(map(str, r['grid']['shape']))} grid, "
+            f"sub-{training[0]['subject']}_run-{training[0]['run']} on "
+            f"{'x'.join(map(str, grid['shape']))} (or their affines differ): volume targets need one grid "
+            "for every run. Raw-space grids differ in anatomy between subjects and visits; ingest the MNI "
+            "derivatives with --preprocessed")
+    mask = targets.training_mask([r["mean_volume"] for r in training], np.array(grid["affine"]))
+    path = config.out / MASK_NAME
+    write_atomic(path, gzip.compress(mask.to_bytes(), mtime=0))
+    digest = targets.file_digest(path)
+    voxels = int(np.asarray(mask.dataobj).sum())
+    if voxels == 0:
+        raise InputError(f"{path}: the training runs' mask is empty; check the BOLD images")
+    how = {"mask": MASK_NAME, "mask_sha256": digest, "voxels": voxels, "grid": grid,
+           "chosen_from": f"nilearn compute_epi_mask of the mean of {len(training)} training runs' "
+                          "mean normalised volumes"}
+    return dataclasses.replace(config.pairing, mask=(str(path), digest)), how
+
+
+def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
+    """The index's ``target``: kind, shape and dtype, with what a reader needs to place the values."""
+    p = config.pairing
+    if p.target == "slice":
+        return {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}
+    if p.target == "volume":
+        preprocessed = config.preprocessed
+        return {"kind": "volume", "shape": [choice["voxels"]], "dtype": "float16", "mask": MASK_NAME,
+                "mask_sha256": choice["mask_sha256"], "grid": choice["grid"]["shape"],
+                "affine": choice["grid"]["affine"],
+                "space": "MNI152NLin2009cAsym 2 mm (--preprocessed)" if preprocessed else
+                "the runs' native grid (raw data: anatomy differs between subjects; prefer --preprocessed)",
+                "order": "C order of the in-mask voxels of the NIfTI (i, j, k) array",
+                "float16_max_abs_error": max((r.get("storage_error", 0.0) for r in results if r["ok"]),
+                                             default=0.0)}
+    labels = targets.check_atlas(Path(p.atlas))
+    return {"kind": "parcels", "shape": [len(labels)], "dtype": "float32", "atlas": str(p.atlas),
+            "atlas_sha256": targets.file_digest(Path(p.atlas)), "labels": labels,
+            "value": "mean over each label's voxels (atlas resampled to each run's grid, nearest)"}
 
 
 def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
@@ -171,13 +229,16 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     clock = time.perf_counter()
     failed: list[dict] = []
     first: dict[tuple[str, int], dict] = {}
-    slice_choice = {"slice": config.pairing.slice, "chosen_from": "--slice"}
+    slice_choice = ({"slice": config.pairing.slice, "chosen_from": "--slice"}
+                    if config.pairing.target == "slice" else {})
+    if config.pairing.target == "parcels":
+        targets.check_atlas(Path(config.pairing.atlas))  # before any work
     with ray_session(config) as ray:
-        if config.pairing.slice is None:
-            config, failed, slice_choice, first = choose_slice(
+        if needs_survey(config.pairing):
+            config, failed, slice_choice, first = survey_runs(
                 ray, tasks, config, {k for k, v in split.items() if v == "train"}, progress)
             tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
-        if config.pairing.slice is None:
+        if needs_survey(config.pairing):
             tasks = []
         reset_work(config)
         remove_temporaries(config)
@@ -204,12 +265,13 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
         index = write_shards(config, ok, split, {
             "dataset": dataset,
             "features": {"kind": config.pairing.features, "width": len(names), "names": names},
-            "image_size": config.pairing.size,
+            "target": target_entry(config, slice_choice, results),
             "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
                                    "held_out": list(held_out)},
                       "stories": {"train": [s for s in all_stories if s not in stories],
                                   "held_out": list(stories)}},
-            "config": config.to_json() | {"slice_choice": slice_choice},
+            "config": config.to_json() | {
+                "slice_choice" if config.pairing.target == "slice" else "target_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
                       "slice_correlation": slice_profile(config, r["subject"], r["run"])}
                      for r in results if r["ok"]],

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import signal
 
 from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.format import TARGET_KINDS
 
 from .cache import CachedRun
 from .kernels import correlate_slices, zscore_channels_numpy
@@ -50,8 +51,16 @@ class PairingConfig:
     lag: float = 5.0  # s hemodynamic lag (windows)
     slice: int | None = None  # fixed axial slice; None = chosen by correlation
     epoch: float = EPOCH_SAMPLES / 100  # s of MEG per sample (windows; the paper: 0.64)
+    target: str = "slice"  # "slice" | "volume" | "parcels" (targets.py)
+    atlas: str | None = None  # parcels: the label image
+    mask: tuple[str, str] | None = None  # volume: (mask file, sha256), set by the driver
 
     def __post_init__(self) -> None:
+        if self.target not in TARGET_KINDS:
+            raise InputError(f"--target must be one of {', '.join(TARGET_KINDS)}, got {self.target!r}")
+        if (self.target == "parcels") != (self.atlas is not None):
+            raise InputError("--target parcels needs --atlas FILE.nii.gz (an integer label image), and "
+                             "--atlas is only for --target parcels")
         if self.pairing not in ("windows", "paper"):
             raise InputError(f"--pairing must be 'windows' or 'paper', got {self.pairing!r}")
         if self.features not in ("mean", "bandpower"):
@@ -116,7 +125,7 @@ def standardise_over_time(features: np.ndarray) -> np.ndarray:
 @dataclass
 class RunPairs:
     meg: np.ndarray  # (n, features) float32
-    fmri: np.ndarray  # (n, size, size) float32 in [0, 1]
+    fmri: np.ndarray  # (n, *target shape) in [0, 1] (float32; volume targets are stored as float16)
     meta: list[dict]
     slice: int
     slice_correlation: np.ndarray  # (slices,) correlations used to choose the slice
@@ -194,26 +203,28 @@ def consensus_slice(profiles: list[np.ndarray]) -> int:
     return int(np.nanargmax(mean))
 
 
-def pair_run(run: CachedRun, config: PairingConfig) -> RunPairs:
-    """The run's (MEG features, slice) pairs at ``config.slice`` (which the driver resolves)."""
-    if config.slice is None:
+def pair_run(run: CachedRun, config: PairingConfig, extract) -> RunPairs:
+    """The run's (MEG features, target) pairs; ``extract(run, volumes, slice, size)`` makes the
+    targets (``targets.extractor``). Slice targets need ``config.slice`` (which the driver resolves)."""
+    slices = config.target == "slice"
+    if slices and config.slice is None:
         raise InputError(f"{run.name}: pairing needs a slice; the driver chooses one from training runs")
     sfreq = run.attrs["meg_sfreq"]
     meg = run.meg[:]
     power = band_power(meg, sfreq) if config.features == "bandpower" else None
     windows = run_windows(run, config, meg)
-    correlation = correlate_slices(windows.table, windows.profile)
-    chosen, n_slices = config.slice, run.slice_means.shape[1]
-    if not 0 <= chosen < n_slices:
+    correlation = correlate_slices(windows.table, windows.profile) if slices else np.zeros(0)
+    chosen, n_slices = (config.slice if slices else -1), run.slice_means.shape[1]
+    if slices and not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
     starts, volumes, length, meg_onset = windows.starts, windows.volumes, windows.length, windows.meg_onset
     features = np.stack([epoch_features(meg, power, s, length) for s in starts])
     if power is not None and len(starts) > 1:
         features = standardise_over_time(features)
     features = features.astype(np.float32)
-    images = np.stack([resize_bilinear(run.image(v, chosen), config.size) for v in volumes])
+    images = extract(run, volumes, chosen, config.size)
     tr, fmri_onset = run.attrs["fmri_tr"], run.attrs["fmri_story_onset_s"]
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),
              "meg_sample": int(s), "fmri_volume": int(v), "fmri_time_s": round(v * tr - fmri_onset, 4),
              "slice": chosen} for s, v in zip(starts, volumes, strict=True)]
-    return RunPairs(features, np.clip(images, 0, 1), meta, chosen, correlation, windows.warnings)
+    return RunPairs(features, images, meta, chosen, correlation, windows.warnings)

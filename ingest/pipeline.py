@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from meg2fmri.shards.errors import InputError, Meg2fmriError, OutputExistsError
+from meg2fmri.shards.format import MASK_NAME
 from meg2fmri.shards.index import INDEX_NAME, read_index
 
-from . import cache
+from . import cache, targets
 from .bids_io import RunFiles, dataset_fingerprint, find_runs, fmri_story, participant_sexes, repetition_time
 from .pairing import PairingConfig, pair_run, slice_correlation
 from .preprocess import preprocess_fmri, preprocess_meg
 
 WORK = ".work"
-OUR_NAMES = {cache.CACHE_NAME, "shards", INDEX_NAME, WORK}
+OUR_NAMES = {cache.CACHE_NAME, "shards", INDEX_NAME, WORK, MASK_NAME}
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,27 @@ def reset_peak_memory() -> None:
         pass
 
 
+def needs_survey(pairing: PairingConfig) -> bool:
+    """Whether pairing waits for a choice made over the training runs (a slice, or the mask)."""
+    return (pairing.target == "slice" and pairing.slice is None) or (
+        pairing.target == "volume" and pairing.mask is None)
+
+
+def survey(cached: cache.CachedRun, pairing: PairingConfig) -> dict:
+    """What the driver's choice needs of one run: its slice-correlation profile (slice targets), or
+    its mean normalised volume and grid (volume targets: the training mask)."""
+    if pairing.target == "slice":
+        return {"profile": slice_correlation(cached, pairing).tolist()}
+    shape, affine = targets.grid_of(cached)
+    return {"mean_volume": targets.mean_volume(cached), "grid": {"shape": list(shape),
+                                                                 "affine": affine.tolist()}}
+
+
 def ingest_run(task: RunTask, config: IngestConfig) -> dict:
-    """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair at
-    ``config.pairing.slice``; with no slice yet, return the run's slice-correlation profile instead
-    (``"profile"``), from which the driver chooses one slice over the training runs. Never raises
-    for bad input: returns ``{"ok": False, "error": ...}`` naming the file."""
+    """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair; while the slice
+    or the mask is not chosen yet (``needs_survey``), return what the driver needs to choose it over
+    the training runs instead (``survey``). Never raises for bad input: returns ``{"ok": False,
+    "error": ...}`` naming the file."""
     name = f"sub-{task.subject}_run-{task.run}"
     root = config.out / cache.CACHE_NAME
     decoded, decoded_mb = False, 0.0
@@ -170,17 +187,19 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
             del meg, fmri
             decoded = True
         cached = cache.read_run(root, task.subject, task.run)
-        if config.pairing.slice is None:
-            profile = slice_correlation(cached, config.pairing)
+        if needs_survey(config.pairing):
             return {"subject": task.subject, "run": task.run, "ok": True, "decoded": decoded,
-                    "profile": profile.tolist(), "decoded_mb": decoded_mb,
+                    **survey(cached, config.pairing), "decoded_mb": decoded_mb,
                     "peak_task_mb": resident_mb("VmHWM") - baseline_mb, "seconds": seconds}
-        pairs = pair_run(cached, config.pairing)
+        extract = targets.extractor(cached, config.pairing)
+        pairs = pair_run(cached, config.pairing, extract)
+        stored = pairs.fmri.astype(extract.layout.np_dtype)
+        error = float(np.abs(stored.astype(np.float32) - pairs.fmri).max())
         folder = pairs_dir(config)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, meg=pairs.meg, fmri=pairs.fmri, meta=json.dumps(pairs.meta),
-                 correlation=pairs.slice_correlation)
+        np.savez(tmp, meg=pairs.meg, fmri=stored, meta=json.dumps(pairs.meta),
+                 correlation=pairs.slice_correlation, storage_error=error)
         os.replace(tmp, folder / f"{name}.npz")
         lap("pair")
     except (Meg2fmriError, OSError, ValueError) as err:
@@ -190,6 +209,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
                 "error": f"{name}: unexpected {type(err).__name__}: {err}"}
     return {"subject": task.subject, "run": task.run, "ok": True, "count": len(pairs.meta),
             "slice": pairs.slice, "decoded": decoded, "warnings": cached.attrs["warnings"] + pairs.warnings,
+            "storage_error": error,
             "decoded_mb": decoded_mb, "peak_task_mb": resident_mb("VmHWM") - baseline_mb,
             "seconds": seconds}
 

@@ -128,12 +128,13 @@ class FmriRun:
     slice_means: np.ndarray  # (volumes, slices) float64 of the normalised data
     tr: float
     value_range: tuple[float, float]  # scanner values mapped to 0 and 1
+    affine: np.ndarray  # (4, 4) voxel (i, j, k) -> mm of the NIfTI (its sform, else qform)
 
 
 
-def load_bold(files: RunFiles, tr_sidecar: float) -> np.ndarray:
-    """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array), its header
-    TR checked against the sidecar's."""
+def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, np.ndarray]:
+    """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array) and its
+    affine, the header TR checked against the sidecar's."""
     path = files.bold
     try:
         if path.name.endswith(".gz"):  # ISA-L inflates about twice as fast as zlib
@@ -152,11 +153,11 @@ def load_bold(files: RunFiles, tr_sidecar: float) -> np.ndarray:
     if abs(tr - tr_sidecar) > TR_TOLERANCE:
         raise RunInputError(f"{path}: TR {tr:.4f} s in the header but RepetitionTime {tr_sidecar} s in "
                             f"{files.bold_json.name}; fix the header or the sidecar")
-    return data.T
+    return data.T, np.asarray(img.affine, dtype=np.float64)
 
 
 def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
-    volumes = load_bold(files, tr_sidecar)
+    volumes, affine = load_bold(files, tr_sidecar)
     if volumes.dtype == np.int16:
         means = slice_means(volumes)
     else:
@@ -166,4 +167,4 @@ def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
     lo, hi = float(volumes.min()), float(volumes.max())
     if hi <= lo:
         raise RunInputError(f"{files.bold}: the run is constant ({lo}); nothing to normalise")
-    return FmriRun(volumes, (means - lo) / (hi - lo), tr_sidecar, (lo, hi))
+    return FmriRun(volumes, (means - lo) / (hi - lo), tr_sidecar, (lo, hi), affine)

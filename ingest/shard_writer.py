@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from meg2fmri.shards.format import Sample, sample_key, write_shard
+from meg2fmri.shards.format import Sample, TargetLayout, sample_key, write_shard
 from meg2fmri.shards.index import ShardEntry, ShardIndex, file_sha256, write_index
 from meg2fmri.shards.split import SPLITS
 
@@ -47,12 +47,13 @@ def write_shards(config: IngestConfig, runs: list[tuple[str, int]], split_of: di
     folder = config.out / SHARD_DIR
     folder.mkdir(parents=True, exist_ok=True)
     entries: list[ShardEntry] = []
+    dtype = TargetLayout.from_json(index_fields["target"]).np_dtype
     for split in SPLITS:
         for number, batch in enumerate(chunks(split_samples(config, runs, split_of, split),
                                               config.shard_samples)):
             name = f"{split}-{number:06d}.tar"
             tmp = folder / f".{name}.tmp-{os.getpid()}"
-            write_shard(tmp, batch)
+            write_shard(tmp, batch, dtype)
             os.replace(tmp, folder / name)
             entries.append(ShardEntry(f"{SHARD_DIR}/{name}", split, len(batch),
                                       (folder / name).stat().st_size, file_sha256(folder / name),

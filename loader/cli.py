@@ -60,7 +60,9 @@ def verify(source: str, config: StoreConfig, progress: bool) -> int:
 def info(source: str, config: StoreConfig) -> int:
     index = open_store(source, config).read_index()
     print(f"dataset   {index.dataset.get('name', '?')} ({index.dataset.get('fingerprint', '')[:12]})")
-    print(f"features  {index.features['kind']} x {index.features['width']}; images {index.image_size}^2")
+    target = index.target
+    print(f"features  {index.features['kind']} x {index.features['width']}")
+    print(f"target    {target['kind']} {'x'.join(map(str, target['shape']))} {target['dtype']}")
     print(f"held out  subjects {', '.join(index.held_out('subjects'))}; stories "
           f"{', '.join(map(str, index.held_out('stories'))) or 'none'}")
     for split in SPLITS:

@@ -24,6 +24,8 @@ from .kernels import gather_rows
 from .plan import EpochPlan, epoch_plan, worker_batches
 from .storage import LocalStore, S3Store
 
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -118,10 +120,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
         local = ids - self.starts[slot]
         n, lay = len(ids), self.layout
         meg = torch.empty((n, lay.width), dtype=torch.float32, pin_memory=pin)
-        fmri = torch.empty((n, 1, lay.size, lay.size), dtype=torch.float32, pin_memory=pin)
-        meg_np, fmri_np = meg.numpy(), fmri.numpy()[:, 0]
-        # one kernel call per (shard, array) for the whole chunk: the rows it gives, and where they go
-        fmri_rows = fmri_np.reshape(n, lay.size * lay.size)
+        target = lay.target  # slices as (B, 1, S, S) images; voxels and parcels as (B, values)
+        shape = (1, *target.shape) if target.kind == "slice" else target.shape
+        fmri = torch.empty((n, *shape), dtype=TORCH_DTYPES[target.dtype], pin_memory=pin)
+        meg_np = meg.numpy()
+        # one kernel call per (shard, array) for the whole chunk: the rows it gives, and where they go;
+        # float16 moves as its bits (uint16), which the kernel copies like any number
+        bits = np.dtype(f"u{target.np_dtype.itemsize}") if target.dtype == "float16" else target.np_dtype
+        fmri_rows = fmri.numpy().reshape(n, target.values).view(bits)
         by_shard = np.argsort(slot, kind="stable")
         cuts = np.flatnonzero(np.diff(slot[by_shard])) + 1
         for positions in np.split(by_shard, cuts):
@@ -129,7 +135,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 continue
             shard = arrays[slot[positions[0]]]
             gather_rows(shard.meg, local[positions], positions, meg_np)
-            gather_rows(shard.pixels, local[positions], positions, fmri_rows)
+            gather_rows(shard.pixels.view(bits), local[positions], positions, fmri_rows)
         index = torch.from_numpy(ids)
         edges = np.concatenate([[0], np.cumsum(sizes)])
         batches = []

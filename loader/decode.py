@@ -2,7 +2,8 @@
 
 Every sample in a dataset has members of the same sizes (``shards.format``), so the ``i``-th
 sample's MEG vector starts at ``i * stride + offset``. A shard held in memory (or memory-mapped)
-becomes three views: ``meg (count, width)``, ``fmri (count, size, size)`` and ``meta (count, 512)``
+becomes three views: ``meg (count, width)``, ``fmri (count, *target shape)`` (the index's
+``target``: a slice, the in-mask voxels or parcels) and ``meta (count, 512)``
 bytes. Batches are gathered from these views (``kernels.gather_rows``) straight into the batch buffers.
 
 The tar headers are checked in bulk (magic, member sizes, npy headers, first and last key), so a
@@ -25,6 +26,7 @@ from meg2fmri.shards.format import (
     META_MEMBER,
     SAMPLE_DTYPE,
     TAR_BLOCK,
+    TargetLayout,
     npy_bytes,
 )
 from meg2fmri.shards.index import ShardEntry, ShardIndex
@@ -36,10 +38,10 @@ def _padded(n: int) -> int:
 
 @dataclass(frozen=True)
 class SampleLayout:
-    """Byte offsets of one sample's members, from the index (``features.width``, ``image_size``)."""
+    """Byte offsets of one sample's members, from the index (``features.width``, ``target``)."""
 
     width: int
-    size: int
+    target: TargetLayout
     stride: int
     headers: dict[str, int]  # member -> offset of its tar header within the sample
     data: dict[str, int]  # member -> offset of its payload (after the npy header for arrays)
@@ -47,9 +49,10 @@ class SampleLayout:
 
     @classmethod
     def from_index(cls, index: ShardIndex) -> SampleLayout:
-        width, size = index.features["width"], index.image_size
-        payloads = {MEG_MEMBER: npy_bytes(np.zeros(width)), FMRI_MEMBER: npy_bytes(np.zeros((size, size)))}
-        nbytes = {MEG_MEMBER: width * 4, FMRI_MEMBER: size * size * 4}
+        width, target = index.features["width"], index.target_layout
+        payloads = {MEG_MEMBER: npy_bytes(np.zeros(width)),
+                    FMRI_MEMBER: npy_bytes(np.zeros(target.shape), target.np_dtype)}
+        nbytes = {MEG_MEMBER: width * 4, FMRI_MEMBER: target.values * target.np_dtype.itemsize}
         headers, data, npy_headers, offset = {}, {}, {}, 0
         for member in MEMBERS:
             length = len(payloads[member]) if member in payloads else META_BYTES
@@ -61,25 +64,25 @@ class SampleLayout:
         if offset != index.layout()["sample_stride"]:
             raise ShardIntegrityError(f"sample stride {offset} != the index's layout "
                                       f"{index.layout()['sample_stride']}")
-        return cls(width, size, offset, headers, data, npy_headers)
+        return cls(width, target, offset, headers, data, npy_headers)
 
     @property
     def payload_bytes(self) -> int:
-        """MEG and fMRI float32 bytes per sample (what a batch delivers)."""
-        return 4 * (self.width + self.size * self.size)
+        """MEG and fMRI bytes per sample (what a batch delivers)."""
+        return 4 * self.width + self.target.values * self.target.np_dtype.itemsize
 
 
 @dataclass(frozen=True)
 class ShardArrays:
     name: str
     meg: np.ndarray  # (count, width) float32, strided view
-    fmri: np.ndarray  # (count, size, size) float32, strided view
+    fmri: np.ndarray  # (count, *target shape) of the target dtype, strided view
     meta: np.ndarray  # (count, META_BYTES) uint8
     names: np.ndarray  # (count, 100) uint8: the tar name field of each sample's MEG member
 
     @property
     def pixels(self) -> np.ndarray:
-        """``fmri`` as ``(count, size * size)`` rows (a view)."""
+        """``fmri`` as ``(count, values)`` rows (a view)."""
         rows = self.fmri.reshape(self.fmri.shape[0], -1)  # inner axes are contiguous: a view, no copy
         return rows
 
@@ -123,10 +126,11 @@ def shard_arrays(buf: np.ndarray, entry: ShardEntry, layout: SampleLayout) -> Sh
             start = layout.data[member] - len(expected)
             got = _strided(buf, start, (count, len(expected)), stride, np.uint8)
             if not (got == expected).all():
-                raise ShardIntegrityError(f"{entry.name}: a {member} array is not float32 "
-                                          "of the index's shape")
+                raise ShardIntegrityError(f"{entry.name}: a {member} array is not of the index's "
+                                          "dtype and shape")
     meg = _strided(buf, layout.data[MEG_MEMBER], (count, layout.width), stride, SAMPLE_DTYPE)
-    fmri = _strided(buf, layout.data[FMRI_MEMBER], (count, layout.size, layout.size), stride, SAMPLE_DTYPE)
+    target = layout.target
+    fmri = _strided(buf, layout.data[FMRI_MEMBER], (count, *target.shape), stride, target.np_dtype)
     meta = _strided(buf, layout.data[META_MEMBER], (count, META_BYTES), stride, np.uint8)
     names = _strided(buf, layout.headers[MEG_MEMBER], (count, 100), stride, np.uint8)
     return ShardArrays(entry.name, meg, fmri, meta, names)

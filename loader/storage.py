@@ -67,6 +67,15 @@ class LocalStore:
     def read_index(self) -> ShardIndex:
         return read_index(self.root)
 
+    def read_file(self, name: str) -> bytes:
+        """A file beside the index (e.g. the volume targets' ``mask.nii.gz``)."""
+        folder = self.root if self.root.is_dir() else self.root.parent
+        try:
+            return (folder / name).read_bytes()
+        except FileNotFoundError:
+            raise ShardIntegrityError(f"{folder / name}: listed in the index but missing; re-run "
+                                      "`ingest`") from None
+
     def shard(self, entry: ShardEntry) -> np.ndarray:
         path = self.root / entry.name
         return map_checked(path, entry, verify=self.config.verify and entry.sha256 not in self._verified,
@@ -122,6 +131,10 @@ class S3Store:
         except ValueError as err:
             raise ShardIntegrityError(f"s3://{self.bucket}/{self.index_key}: not a valid index "
                                       f"({err})") from None
+
+    def read_file(self, name: str) -> bytes:
+        """An object beside the index (e.g. the volume targets' ``mask.nii.gz``)."""
+        return bytes(self.get(self.key(name), None)[0])
 
     def get(self, key: str, size: int | None) -> tuple[np.ndarray, str]:
         """The object's bytes and sha256, retried with exponential backoff; ``ShardReadError`` after the

@@ -54,7 +54,8 @@ def export_zarr(source: str | Path, out: str | Path, *, store: StoreConfig | Non
 def _write_samples(shard_store, index, layout, tmp: Path, rows_per_chunk: int, progress: bool) -> None:
     root = zarr.open_group(tmp, mode="w")
     root.attrs.update({"format": FORMAT, "version": 1, "features": index.features,
-                       "image_size": index.image_size, "split": index.split, "dataset": index.dataset})
+                       "target": index.target, "split": index.split, "dataset": index.dataset})
+    target = layout.target
     for split in SPLITS:
         entries = [e for e in index.shards if e.split == split]
         n = sum(e.count for e in entries)
@@ -62,8 +63,8 @@ def _write_samples(shard_store, index, layout, tmp: Path, rows_per_chunk: int, p
         arrays = {
             "meg": group.create_array("meg", shape=(n, layout.width), dtype="float32",
                                       chunks=(rows_per_chunk, layout.width), compressors=None),
-            "fmri": group.create_array("fmri", shape=(n, layout.size, layout.size), dtype="float32",
-                                       chunks=(rows_per_chunk, layout.size, layout.size), compressors=None),
+            "fmri": group.create_array("fmri", shape=(n, *target.shape), dtype=target.np_dtype,
+                                       chunks=(rows_per_chunk, *target.shape), compressors=None),
             "meta": group.create_array("meta", shape=(n, 512), dtype="uint8", chunks=(rows_per_chunk, 512),
                                        compressors=None),
         }
@@ -77,7 +78,8 @@ def _write_samples(shard_store, index, layout, tmp: Path, rows_per_chunk: int, p
 
 
 class ZarrSamples(torch.utils.data.Dataset):
-    """``dataset[i]`` -> ``{"meg": (width,), "fmri": (1, S, S), "index": i}``; ``meta=True`` adds the JSON."""
+    """``dataset[i]`` -> ``{"meg": (width,), "fmri": (1, S, S) or (values,), "index": i}`` (as the
+    shard loader gives); ``meta=True`` adds the JSON."""
 
     def __init__(self, url: str | Path, split: str = "train", *, storage_options: dict | None = None,
                  meta: bool = False):
@@ -114,7 +116,8 @@ class ZarrSamples(torch.utils.data.Dataset):
         inverse[order] = np.arange(len(order))
         meg = self.meg.get_orthogonal_selection((rows,))[inverse]
         fmri = self.fmri.get_orthogonal_selection((rows,))[inverse]
-        batch = {"meg": torch.from_numpy(meg), "fmri": torch.from_numpy(fmri[:, None]),
+        images = fmri[:, None] if fmri.ndim == 3 else fmri  # slices as one-channel images
+        batch = {"meg": torch.from_numpy(meg), "fmri": torch.from_numpy(images),
                  "index": torch.from_numpy(indices)}
         if self.meta:
             raw = self.meta_rows.get_orthogonal_selection((rows,))[inverse]

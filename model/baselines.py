@@ -26,6 +26,7 @@ from .stats import grouped_folds
 
 ALPHAS = np.logspace(-1, 9, 21)  # up to 1e9: on data with little signal the CV wants heavy shrinkage
 ENVELOPE_SFREQ = 10.0  # Hz: the audio envelope's sampling rate
+TARGETS_BATCH = 2048  # pixels or voxels fitted at once (memory: alphas x samples x batch)
 STIMULUS_LAGS = np.arange(0, 16)  # s: lagged envelope features, 0-15 s before the volume
 
 
@@ -78,10 +79,13 @@ def fit_ridge(
     scale = np.where(scale > 0, scale, 1.0)
     targets = run_deviations(images, meta).reshape(len(images), -1)
     # the same ridge either way; the kernel (dual) form is faster with fewer samples than features
+    # targets in batches: the CV's (alphas x samples x targets) scores stay small at 100k+ voxels
+    batches = {"n_targets_batch": TARGETS_BATCH, "n_targets_batch_refit": TARGETS_BATCH}
     if len(features) < features.shape[1]:
-        model = KernelRidgeCV(alphas=ALPHAS, kernel="linear", fit_intercept=True, cv=folds)
+        model = KernelRidgeCV(alphas=ALPHAS, kernel="linear", fit_intercept=True, cv=folds,
+                              solver_params=batches)
     else:
-        model = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds)
+        model = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds, solver_params=batches)
     model.fit(((features - mean) / scale).astype(np.float64), targets)
     return RidgeBaseline(model, mean, scale, mean_image, grouping)
 

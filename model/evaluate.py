@@ -27,13 +27,14 @@ import torch
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.format import TargetLayout
 from meg2fmri.shards.split import EVALUATION_SETS
 
-from . import baselines, figures, report
+from . import baselines, figures, report, volume_maps
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
 from .nets import Generator, from_tanh
 from .stats import cluster_bootstrap, resampling_unit, shift_null
-from .train import CHECKPOINT, VARIANTS
+from .train import CHECKPOINT, VARIANTS, generator_from_checkpoint
 
 HEADLINE = "cgan"  # the project's model, named before any result was seen (every row is reported)
 # rows that are not MEG models (shuffled sees the MEG but not its pairing with the image)
@@ -62,7 +63,7 @@ class EvalConfig:
 class EvalSet:
     name: str
     meg: np.ndarray  # (n, width)
-    fmri: np.ndarray  # (n, S, S)
+    fmri: np.ndarray  # (n, S, S) slices or (n, values) voxels / parcels, float32
     meta: list[dict]
     by_run: list[np.ndarray]  # sample positions of each (subject, run), in time order
     run_subjects: np.ndarray  # (runs,)
@@ -88,7 +89,7 @@ def load_split(config: EvalConfig, split: str) -> tuple[EvalSet | None, object]:
     meg, fmri, meta = [], [], []
     for batch in loader:
         meg.append(batch["meg"].numpy())
-        fmri.append(batch["fmri"][:, 0].numpy())
+        fmri.append((batch["fmri"][:, 0] if batch["fmri"].ndim == 4 else batch["fmri"]).float().numpy())
         meta += batch["meta"]
     by_run = run_groups(meta)
     return EvalSet(
@@ -110,20 +111,20 @@ def run_groups(meta: list[dict]) -> list[np.ndarray]:
     return [np.array([i for _, i in sorted(v)]) for _, v in sorted(groups.items())]
 
 
-def generator_predictions(run: Path, meg: np.ndarray, width: int, size: int) -> np.ndarray:
+def generator_predictions(run: Path, meg: np.ndarray, width: int, target: TargetLayout) -> np.ndarray:
     state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-    keep = state["model"]["feature_index"]
-    if (state["model"]["size"], len(keep)) != (size, state["model"]["width"]) or max(keep) >= width:
+    model = state["model"]
+    keep = model["feature_index"]
+    trained = model.get("target", {"kind": "slice", "shape": [model["size"]] * 2})
+    if list(trained["shape"]) != list(target.shape) or len(keep) != model["width"] or max(keep) >= width:
         raise InputError(
-            f"{run / CHECKPOINT}: trained on {state['model']['width']} features x "
-            f"{state['model']['size']} px, the shards give {width} x {size}"
+            f"{run / CHECKPOINT}: trained on {model['width']} features x {trained['kind']} "
+            f"{trained['shape']}, the shards give {width} x {target.kind} {list(target.shape)}"
         )
-    generator = Generator(len(keep), size, smooth=state["model"].get("smooth", 0.0))
-    generator.load_state_dict(state["generator"])
-    generator.eval()
+    generator = generator_from_checkpoint(state)
     with torch.no_grad():
         out = from_tanh(generator(torch.from_numpy(meg[:, keep]))).clamp(0, 1)
-    return out[:, 0].numpy()
+    return (out[:, 0] if target.kind == "slice" else out).numpy()
 
 
 def model_runs(config: EvalConfig) -> dict[str, Path]:
@@ -160,10 +161,10 @@ def oracle_signal(oracle: np.ndarray, mean_image: np.ndarray, by_run: list[np.nd
 
 
 def predict(
-    config: EvalConfig, train: EvalSet, sets: list[EvalSet], mean_image: np.ndarray
+    config: EvalConfig, train: EvalSet, sets: list[EvalSet], mean_image: np.ndarray, target: TargetLayout
 ) -> tuple[dict, dict]:
-    """``{set: {method: (n, S, S)}}`` and what the fitted baselines chose."""
-    size, width = train.fmri.shape[1], train.meg.shape[1]
+    """``{set: {method: (n, *target shape)}}`` and what the fitted baselines chose."""
+    width = train.meg.shape[1]
     models = model_runs(config)
     chosen: dict = {"ridge": None, "stimulus": None}
     ridge = baselines.fit_ridge(train.meg, train.fmri, train.meta, mean_image)
@@ -178,7 +179,7 @@ def predict(
         chosen["stimulus"] = stimulus.summary() | {"features": "audio RMS envelope, 1-s bins lagged 0-15 s"}
     out: dict[str, dict[str, np.ndarray]] = {}
     for ev in sets:
-        pred = {name: generator_predictions(folder, ev.meg, width, size) for name, folder in models.items()}
+        pred = {name: generator_predictions(folder, ev.meg, width, target) for name, folder in models.items()}
         pred["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape).copy()
         pred["ridge"] = ridge.predict(ev.meg)
         if stimulus is not None:
@@ -202,8 +203,14 @@ def change_r2(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
 
 
 def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-run values of every metric in ``RUN_METRICS``, ``{metric: (runs,)}``."""
-    images = per_image(pred.astype(np.float64), ev.fmri.astype(np.float64), mask)
+    """Per-run values of every metric in ``RUN_METRICS``, ``{metric: (runs,)}`` (SSIM is for
+    images: NaN for voxel and parcel targets)."""
+    if ev.fmri.ndim == 2:
+        err = ((pred.astype(np.float64) - ev.fmri) ** 2).mean(axis=1)
+        images = {"mse": err, "mse_mask": err, "ssim": np.full(len(err), np.nan),
+                  "ssim_mask": np.full(len(err), np.nan)}
+    else:
+        images = per_image(pred.astype(np.float64), ev.fmri.astype(np.float64), mask)
     out = {
         k: np.array([images[k][g].mean() for g in ev.by_run])
         for k in ("mse", "ssim", "mse_mask", "ssim_mask")
@@ -306,11 +313,15 @@ def score_set(
 
 
 def save_predictions(out: Path, ev: EvalSet, predictions: dict[str, np.ndarray]) -> None:
+    """``predictions/SET/METHOD.npz``: keys, targets, predictions (float16 for voxel targets, as the
+    shards store them: a whole-brain set is large)."""
     folder = out / "predictions" / ev.name
     folder.mkdir(parents=True, exist_ok=True)
     keys = np.array([m["key"] for m in ev.meta])
+    dtype = np.float16 if ev.fmri.ndim == 2 and ev.fmri.shape[1] > 4096 else np.float32
     for name, pred in predictions.items():
-        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri, predictions=pred)
+        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri.astype(dtype), predictions=pred.astype(dtype))
+
 
 
 def evaluate(config: EvalConfig) -> dict:
@@ -324,15 +335,20 @@ def evaluate(config: EvalConfig) -> dict:
             f"{config.shards}: the index has no evaluation samples ({', '.join(EVALUATION_SETS)})"
         )
     mean_image = train.fmri.mean(axis=0)
-    mask = mean_image > config.mask_fraction * mean_image.max()
-    predictions, chosen = predict(config, train, sets, mean_image)
+    target = index.target_layout
+    if target.kind == "slice":
+        mask = mean_image > config.mask_fraction * mean_image.max()
+    else:  # voxels are in-mask already (the training mask); parcels are regions
+        mask = np.ones(mean_image.shape, dtype=bool)
+    predictions, chosen = predict(config, train, sets, mean_image, target)
     rng = np.random.default_rng(config.seed)
     results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng) for ev in sets}
     settings = {
         "ssim": SSIM_SETTINGS,
         "images": "[0, 1], one data_range for every image",
         "mask": f"mean training image > {config.mask_fraction} x its max "
-        f"({int(mask.sum())} of {mask.size} px)",
+        f"({int(mask.sum())} of {mask.size} px)" if target.kind == "slice" else
+        f"every {target.kind} value ({mask.size}; voxels are inside the training mask)",
         "headline": f"{HEADLINE} (named in advance; every MEG model is compared with every baseline)",
         "intervals": f"95% percentile bootstrap ({config.bootstrap}) of the mean over runs, resampling whole "
         "runs (subjects then runs with >= 3 subjects), paired between methods",
@@ -353,15 +369,26 @@ def evaluate(config: EvalConfig) -> dict:
         "shards": config.shards,
         "extra": {name: folder for name, folder in config.extra},
     }
+    settings["target"] = {k: v for k, v in index.target.items() if k not in ("affine", "labels")}
     result = {"settings": settings, "sets": results}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if target.kind == "volume":  # maps on the grid, FDR fraction, correlation with the truth
+        volume = volume_maps.read_mask(config.shards, index, config.storage_options)
+        shown_rows = tuple(n for n in predictions[sets[0].name] if n not in NOT_MEG_MODELS) + ("oracle",)
+        for ev in sets:
+            results[ev.name]["maps"] = volume_maps.volume_report(
+                out, ev, predictions[ev.name], volume, rng, config.null_draws,
+                results[ev.name]["min_shift_samples"], config.bids_root,
+                shown_rows if ev is sets[0] else ())
+        settings["maps"] = volume_maps.__doc__.split("\n\n", 1)[1].strip()
     for ev in sets:
         save_predictions(out, ev, predictions[ev.name])
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(report.markdown(result))
     shown = sets[0]  # test where it exists: the figures show the headline set
-    figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, Path(config.runs))
-    figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
-    figures.slice_figure(out, index)
+    if target.kind == "slice":
+        figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, Path(config.runs))
+        figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
+        figures.slice_figure(out, index)
     return result

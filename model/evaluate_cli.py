@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"evaluate: results and figures in {args.out} "
-          "(results.md, results.json, predictions/, pairs.png, changes.png, training_curves.png, "
-          "slice_selection.png)")
+    made = ("maps/SET/METHOD_r.nii.gz, _r2.nii.gz, _r.png" if "maps" in next(iter(result["sets"].values()))
+            else "pairs.png, changes.png, training_curves.png, slice_selection.png")
+    print(f"evaluate: results and figures in {args.out} (results.md, results.json, predictions/, {made})")
     return 0
 
 

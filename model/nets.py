@@ -97,3 +97,53 @@ class Discriminator(nn.Module):
     def forward(self, meg: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         condition = self.condition(meg).view(-1, 1, self.size, self.size)
         return self.net(torch.cat([condition, image], dim=1))
+
+
+class LowRankGenerator(nn.Module):
+    """MEG vector ``(B, width)`` -> target vector ``(B, values)`` (voxels or parcels, Tanh scale): the
+    paper's MLP predicting ``k`` coefficients of the training deviations' principal components, so the
+    output layer has ``1024 x k`` weights instead of ``1024 x values`` (hundreds of millions at 200k+
+    voxels). Output = ``mean + (coefficients * scale) @ components``: ``components (k, values)``
+    orthonormal rows, ``scale (k,)`` each coefficient's training standard deviation (so the network
+    works in unit-variance coefficients), ``mean (values,)`` the mean training target. The untrained
+    generator draws the mean (output weights scaled down, biases zero); no Tanh, as the mean plus a
+    change in a k-dimensional subspace is what is learned."""
+
+    def __init__(self, width: int, components: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
+                 hidden: tuple[int, int] = (512, 1024), dropout: float = 0.5):
+        super().__init__()
+        k, values = components.shape
+        self.width, self.values = width, values
+        self.register_buffer("components", components.float().contiguous())
+        self.register_buffer("scale", scale.float().reshape(k))
+        self.register_buffer("mean", mean.float().reshape(values))
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden[0]), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden[1], k),
+        )
+        with torch.no_grad():
+            self.net[-1].weight.mul_(0.1)
+            self.net[-1].bias.zero_()
+
+    def coefficients(self, meg: torch.Tensor) -> torch.Tensor:
+        return self.net(meg) * self.scale
+
+    def forward(self, meg: torch.Tensor) -> torch.Tensor:
+        return self.mean + self.coefficients(meg) @ self.components
+
+
+class VectorDiscriminator(nn.Module):
+    """(MEG vector, target vector) -> one logit per sample: the conditional critic for voxel and parcel
+    targets (a PatchGAN needs an image). Each input is projected to ``hidden`` units, concatenated,
+    and judged by an MLP with LeakyReLU(0.2), as the PatchGAN's layers are."""
+
+    def __init__(self, width: int, values: int, hidden: int = 256):
+        super().__init__()
+        self.condition = nn.Linear(width, hidden)
+        self.target = nn.Linear(values, hidden)
+        self.net = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(2 * hidden, hidden), nn.LeakyReLU(0.2),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, meg: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([self.condition(meg), self.target(target)], dim=1))

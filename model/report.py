@@ -33,6 +33,16 @@ def set_table(name: str, result: dict) -> list[str]:
             f"{r['mse']:.6f} {interval(r['mse_ci'], '.6f')} | {r['ssim']:.5f} "
             f"{interval(r['ssim_ci'], '.5f')} | {r['ssim_mask']:.5f} |"
         )
+    if "maps" in result:
+        maps = result["maps"]
+        lines += ["", f"Voxel maps ({maps['voxels']} in-mask voxels; `maps/{name}/`): voxels passing the "
+                  f"shift null after FDR q = {maps['fdr_q']}, and the r map's correlation with the "
+                  f"ground truth ({maps['truth'] or 'not available'}):", "",
+                  "| method | mean voxel r | voxels passing (FDR) | r map vs truth |", "|---|---|---|---|"]
+        for method, row in maps["rows"].items():
+            truth = "-" if row["truth_r"] is None else f"{row['truth_r']:+.3f}"
+            lines.append(f"| {method} | {row['mean_r']:.4f} | {row['fdr_fraction']:.1%} ({row['fdr_voxels']}) "
+                         f"| {truth} |")
     for title, key in (
         ("each MEG model minus each baseline and other model", "paired_differences"),
         ("each method minus mean_image", "paired_differences_minus_mean_image"),

@@ -10,6 +10,7 @@ weights as an uninterrupted one (tested).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -23,8 +24,9 @@ from tqdm import tqdm
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.format import TargetLayout
 
-from .nets import Discriminator, Generator, to_tanh
+from .nets import Discriminator, Generator, LowRankGenerator, VectorDiscriminator, to_tanh
 
 VARIANTS = ("cgan", "no_adversarial", "shuffled")
 CHECKPOINT = "checkpoint.pt"
@@ -52,6 +54,12 @@ class TrainConfig:
     # held-out subject's anatomy cannot be predicted from its MEG); "image": the raw slices, as the paper.
     target: str = "deviation"
     smooth: float = 0.0  # px: Gaussian filter of the generator's change from the mean image; 0 = none (paper)
+    # Voxel and parcel targets: a low-rank head on the training deviations' principal components.
+    # components = 0: the fewest that explain ``explained`` of their variance, at most max_components.
+    components: int = 0
+    explained: float = 0.5
+    max_components: int = 256
+    pca_samples: int = 4096  # training samples (evenly spaced) the components are computed from
     seed: int = 0
     checkpoint_every: int = 200  # steps
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all: for tests
@@ -67,6 +75,10 @@ class TrainConfig:
             raise InputError(f"target must be 'deviation' or 'image', not {self.target!r}")
         if self.smooth < 0:
             raise InputError(f"smooth is a Gaussian sigma in pixels, >= 0 (0 = no filter), not {self.smooth}")
+        if self.components < 0 or not 0 < self.explained <= 1 or self.max_components < 1:
+            raise InputError(f"need --components >= 0 (0 = by --explained), 0 < --explained <= 1 and "
+                             f"--max-components >= 1, got {self.components}, {self.explained}, "
+                             f"{self.max_components}")
 
 
 def feature_mask(names: list[str], meg_only: bool) -> list[int]:
@@ -79,8 +91,29 @@ def feature_mask(names: list[str], meg_only: bool) -> list[int]:
     return keep
 
 
-def build_models(width: int, size: int, smooth: float = 0.0) -> tuple[Generator, Discriminator]:
-    return Generator(width, size, smooth=smooth), Discriminator(width, size)
+def build_models(width: int, target: TargetLayout, smooth: float = 0.0,
+                 head: dict | None = None) -> tuple[nn.Module, nn.Module]:
+    """The paper's generator and PatchGAN for slices; for voxels and parcels the low-rank generator
+    (``head``: components, scale, mean in Tanh units) and the vector critic."""
+    if target.kind == "slice":
+        return Generator(width, target.shape[0], smooth=smooth), Discriminator(width, target.shape[0])
+    if smooth:
+        raise InputError("--smooth filters slice images; it has no meaning for voxel or parcel targets")
+    return (LowRankGenerator(width, head["components"], head["scale"], head["mean"]),
+            VectorDiscriminator(width, target.values))
+
+
+def generator_from_checkpoint(state: dict) -> nn.Module:
+    """The trained generator of a checkpoint, in eval mode."""
+    model = state["model"]
+    target = TargetLayout.from_json(model["target"]) if "target" in model else TargetLayout.slice_of(model["size"])
+    if target.kind == "slice":
+        generator = Generator(model["width"], target.shape[0], smooth=model.get("smooth", 0.0))
+    else:
+        g = state["generator"]
+        generator = LowRankGenerator(model["width"], g["components"], g["scale"], g["mean"])
+    generator.load_state_dict(state["generator"])
+    return generator.eval()
 
 
 def seed_everything(seed: int) -> None:
@@ -109,54 +142,66 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, width: int, size: int, smooth: float) -> dict:
+def load_checkpoint(path: Path, width: int, target: TargetLayout, smooth: float) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no checkpoint to resume from; drop --resume to start afresh") from None
-    if (state["model"]["width"], state["model"]["size"]) != (width, size):
-        raise InputError(f"{path}: checkpoint is for {state['model']['width']} features x "
-                         f"{state['model']['size']} px images, these shards give {width} x {size}; "
+    model = state["model"]
+    trained = model.get("target", {"kind": "slice", "shape": [model.get("size")] * 2})
+    if model["width"] != width or list(trained["shape"]) != list(target.shape):
+        raise InputError(f"{path}: checkpoint is for {model['width']} features x {trained['kind']} "
+                         f"{trained['shape']}, these shards give {width} x {target.kind} {list(target.shape)}; "
                          "use the shards it was trained on, or a new --out")
-    if state["model"].get("smooth", 0.0) != smooth:
-        raise InputError(f"{path}: checkpoint was trained with --smooth {state['model'].get('smooth', 0.0)}, "
+    if model.get("smooth", 0.0) != smooth:
+        raise InputError(f"{path}: checkpoint was trained with --smooth {model.get('smooth', 0.0)}, "
                          f"not {smooth}; resume with its value, or use a new --out")
     return state
 
 
 @dataclass(frozen=True)
 class TrainingMeans:
-    image: torch.Tensor  # (S, S) mean training image in [0, 1]
-    run_offsets: torch.Tensor  # (runs, S, S): the mean training image minus each run's mean image
+    image: torch.Tensor  # (*target shape) mean training target in [0, 1]
+    run_offsets: torch.Tensor  # (runs, *target shape): the mean training target minus each run's mean
     run_of: torch.Tensor  # (n_train,) int64: the run of each training sample id
+    # vector targets: evenly spaced training samples' changes (their target minus their run's mean
+    # for deviation targets, minus the mean target for image targets), for the principal components
+    changes: torch.Tensor | None = None
 
     def offsets(self, index: torch.Tensor) -> torch.Tensor:
-        """``(B, S, S)``: what turns samples ``index`` into deviation targets (added to their images)."""
+        """``(B, *target shape)``: what turns samples ``index`` into deviation targets (added)."""
         return self.run_offsets[self.run_of[index]]
 
     def to(self, device: torch.device) -> TrainingMeans:
         return TrainingMeans(self.image.to(device), self.run_offsets.to(device), self.run_of.to(device))
 
 
-def training_means(config: TrainConfig, size: int) -> TrainingMeans:
-    """One unshuffled pass over the training split: the mean image and each run's mean image, as
-    running sums (memory grows with the number of runs, not of samples). Every rank reads the whole
-    split (rank 0 of 1), so that every rank has the same means."""
+def training_means(config: TrainConfig, target: TargetLayout) -> TrainingMeans:
+    """One unshuffled pass over the training split: the mean target and each run's mean, as running
+    sums (memory grows with the number of runs, not of samples), and for vector targets up to
+    ``pca_samples`` evenly spaced samples. Every rank reads the whole split (rank 0 of 1), so that
+    every rank has the same means."""
     loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=1024, shuffle=False, meta=True),
                          StoreConfig(storage_options=config.storage_options), device="cpu",
                          rank=0, world_size=1)
+    shape, vector = target.shape, target.kind != "slice"
     run_of = torch.full((loader.samples,), -1, dtype=torch.int64)
+    step = max(1, -(-loader.samples // config.pca_samples))
+    kept: list[tuple[int, torch.Tensor]] = []
     runs: dict[tuple, int] = {}
     sums, counts = [], []
     for batch in loader:
-        for i, meta, image in zip(batch["index"].tolist(), batch["meta"], batch["fmri"][:, 0], strict=True):
+        images = batch["fmri"].float() if vector else batch["fmri"][:, 0]
+        for i, meta, image in zip(batch["index"].tolist(), batch["meta"], images, strict=True):
             r = runs.setdefault((meta["subject"], meta["run"]), len(runs))
             if r == len(sums):
-                sums.append(torch.zeros(size, size, dtype=torch.float64))
+                sums.append(torch.zeros(shape, dtype=torch.float64))
                 counts.append(0)
             sums[r] += image
             counts[r] += 1
             run_of[i] = r
+            if vector and i % step == 0:
+                kept.append((i, image.clone()))
     if (run_of < 0).any():
         raise InputError(f"{config.shards}: the training split yielded {int((run_of >= 0).sum())} of "
                          f"{loader.samples} samples")
@@ -167,9 +212,39 @@ def training_means(config: TrainConfig, size: int) -> TrainingMeans:
                          "training image and leave nothing to learn; use --target image (as the paper does "
                          "for --pairing paper)")
     sums = torch.stack(sums)
-    run_means = sums / torch.tensor(counts, dtype=torch.float64)[:, None, None]
+    run_means = sums / torch.tensor(counts, dtype=torch.float64).reshape(-1, *[1] * len(shape))
     mean = sums.sum(dim=0) / sum(counts)
-    return TrainingMeans(mean.float(), (mean - run_means).float(), run_of)
+    changes = None
+    if vector:
+        ids = torch.tensor([i for i, _ in kept])
+        base = run_means[run_of[ids]] if config.target == "deviation" else mean[None]
+        changes = (torch.stack([x for _, x in kept]).double() - base).float()
+    return TrainingMeans(mean.float(), (mean - run_means).float(), run_of, changes)
+
+
+def principal_components(changes: torch.Tensor, config: TrainConfig) -> tuple[dict, dict]:
+    """The low-rank head from training changes ``(m, values)`` in [0, 1] units: components, scale and
+    how k was chosen (``components``, else the fewest explaining ``explained``, at most
+    ``max_components``), all in Tanh units (twice the [0, 1] values)."""
+    x = changes.double() * 2
+    x = x - x.mean(dim=0)
+    q = min(config.components or config.max_components, *x.shape)
+    generator = torch.Generator().manual_seed(config.seed)  # svd_lowrank draws a random projection
+    state = torch.get_rng_state()
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    _, s, v = torch.svd_lowrank(x, q=min(q + 8, *x.shape), niter=6)
+    torch.set_rng_state(state)
+    explained = (s**2 / (x**2).sum()).cumsum(0)
+    if config.components:
+        k = q
+    else:
+        k = min(int((explained < config.explained).sum()) + 1, q)
+    head = {"components": v[:, :k].T.float().contiguous(), "scale": (s[:k] / math.sqrt(max(len(x) - 1, 1))).float()}
+    how = {"components": k, "explained_variance": float(explained[k - 1]), "from_samples": len(x),
+           "rule": f"--components {config.components}" if config.components else
+           f"fewest explaining >= {config.explained} of the training changes' variance (at most "
+           f"{config.max_components})"}
+    return head, how
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -190,11 +265,19 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                          device=config.device)
     device, index = loader.device, loader.index
     keep = torch.tensor(feature_mask(index.features["names"], config.meg_only), device=device)
-    width, size = len(keep), index.image_size
-    generator, critic = (m.to(device) for m in build_models(width, size, config.smooth))
+    width, target = len(keep), index.target_layout
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / CHECKPOINT
+    if not config.resume and path.exists():
+        raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
+    state = load_checkpoint(path, width, target, config.smooth) if config.resume else None
+    means = training_means(config, target)  # after the checks above: bad inputs fail before any pass
+    head, head_choice = None, None
+    if target.kind != "slice":
+        head, head_choice = principal_components(means.changes, config)
+        head["mean"] = to_tanh(means.image)
+    generator, critic = (m.to(device) for m in build_models(width, target, config.smooth, head))
+    out.mkdir(parents=True, exist_ok=True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
                              weight_decay=config.weight_decay)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
@@ -202,7 +285,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     sched_d = torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma)
     step = 0
     if config.resume:
-        state = load_checkpoint(path, width, size, config.smooth)
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
         for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
@@ -210,11 +292,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         step = state["step"]
-    elif path.exists():
-        raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
-    means = training_means(config, size)  # after the checks above: bad inputs fail before any pass
     deviations = means.to(device) if config.target == "deviation" else None
-    if not config.resume:
+    if not config.resume and target.kind == "slice":
         generator.start_from(means.image)
     if distributed:
         generator = nn.parallel.DistributedDataParallel(generator)
@@ -233,8 +312,16 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                      "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
                      "loader": loader.state_dict(), "rng": rng_state(), "shuffler": shuffler.get_state(),
                      "step": step,
-                     "model": {"width": width, "size": size, "features": index.features["kind"],
-                               "feature_index": keep.tolist(), "smooth": config.smooth},
+                     "model": {"width": width, "size": target.shape[0] if target.kind == "slice" else None,
+                               "target": {"kind": target.kind, "shape": list(target.shape),
+                                          "dtype": target.dtype},
+                               "head": "dense" if head is None else "lowrank", "head_choice": head_choice,
+                               "features": index.features["kind"], "feature_names": index.features["names"],
+                               "feature_index": keep.tolist(), "smooth": config.smooth,
+                               "pairing": {k: index.config["pairing"][k] for k in
+                                           ("pairing", "features", "stride", "lag", "epoch", "size", "target")
+                                           if k in index.config.get("pairing", {})},
+                               "mean_target": means.image.cpu()},
                      "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset},
                     path)
 
@@ -251,9 +338,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             t1 = time.perf_counter()
             if batch is None:
                 break
-            meg, image = batch["meg"][:, keep], batch["fmri"]
+            meg, image = batch["meg"][:, keep], batch["fmri"].float()
             if deviations is not None:
-                image = image + deviations.offsets(batch["index"])[:, None]
+                offsets = deviations.offsets(batch["index"])
+                image = image + (offsets[:, None] if target.kind == "slice" else offsets)
             real = to_tanh(image)
             if config.variant == "shuffled":
                 meg = meg[torch.randperm(len(meg), generator=shuffler).to(device)]

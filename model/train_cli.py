@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian filter (sigma in pixels) of the generated change from the mean image: BOLD "
                         f"changes are spatially smooth, pixel noise is not; 0 = none, as the paper (default: "
                         f"{d.smooth})")
+    head = p.add_argument_group("voxel and parcel targets: the low-rank head (README: 'Whole-brain targets')")
+    head.add_argument("--components", type=int, default=d.components, metavar="K",
+                      help="principal components of the training changes the generator predicts; 0 = the "
+                           f"fewest explaining --explained of their variance (default: {d.components})")
+    head.add_argument("--explained", type=float, default=d.explained,
+                      help=f"with --components 0: variance fraction to explain (default: {d.explained})")
+    head.add_argument("--max-components", type=int, default=d.max_components,
+                      help=f"with --components 0: at most this many (default: {d.max_components})")
+    head.add_argument("--pca-samples", type=int, default=d.pca_samples,
+                      help="evenly spaced training samples the components are computed from "
+                           f"(memory: samples x voxels x 4 bytes; default: {d.pca_samples})")
     p.add_argument("--meg-only", action="store_true", help="use the 306 MEG channels' features only")
     p.add_argument("--seed", type=int, default=d.seed,
                    help=f"seed for weights and data order (default: {d.seed})")
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                          batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
                          recon_weight=args.recon_weight, weight_decay=args.weight_decay, target=args.target,
                          meg_only=args.meg_only, seed=args.seed, smooth=args.smooth,
+                         components=args.components, explained=args.explained,
+                         max_components=args.max_components, pca_samples=args.pca_samples,
                          checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
                          num_workers=args.workers, device=args.device, resume=args.resume,
                          storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else {})

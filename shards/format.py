@@ -5,7 +5,13 @@ three members, always in this order and always of the same size within a dataset
 that knows the index can compute every member's byte offset:
 
 - ``{key}.meg.npy``  float32 ``(n_features,)``: the MEG feature vector (width in the index)
-- ``{key}.fmri.npy`` float32 ``(size, size)``: the fMRI slice, min-max normalised to [0, 1]
+- ``{key}.fmri.npy`` the fMRI target, min-max normalised over its run to [0, 1]; its kind, shape
+  and dtype are the index's ``target`` (``TargetLayout``):
+
+  - ``slice``   float32 ``(size, size)``: one axial slice resized (the paper's target)
+  - ``volume``  float16 ``(voxels,)``: every voxel inside the brain mask (``mask.nii.gz`` beside
+    the index; C order of the NIfTI ``(i, j, k)`` array), at the paired volume
+  - ``parcels`` float32 ``(parcels,)``: the mean over each label of an atlas (labels in the index)
 - ``{key}.json``     UTF-8 JSON metadata, space-padded to ``META_BYTES`` (see ``META_FIELDS``)
 
 Keys look like ``sub-01_run-3_w0042`` (no dots: webdataset splits the key at the first dot).
@@ -30,7 +36,10 @@ MEG_MEMBER = "meg.npy"
 FMRI_MEMBER = "fmri.npy"
 META_MEMBER = "json"
 MEMBERS = (MEG_MEMBER, FMRI_MEMBER, META_MEMBER)
-SAMPLE_DTYPE = np.dtype("<f4")
+SAMPLE_DTYPE = np.dtype("<f4")  # MEG features, slice and parcel targets
+TARGET_KINDS = ("slice", "volume", "parcels")
+TARGET_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+MASK_NAME = "mask.nii.gz"  # volume targets: the brain mask (training data only), beside the index
 META_BYTES = 512
 TAR_BLOCK = 512
 # Metadata of every sample (all required):
@@ -42,17 +51,51 @@ META_FIELDS = {
     "meg_sample": "first sample of the MEG epoch in the cached 100 Hz signal (file-relative)",
     "fmri_volume": "index of the fMRI volume in the run",
     "fmri_time_s": "acquisition start of that volume in story time (s)",
-    "slice": "axial slice index (0-based, NIfTI k axis)",
+    "slice": "axial slice index (0-based, NIfTI k axis); -1 for volume and parcel targets",
 }
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """What the ``fmri`` member holds: ``kind`` (``TARGET_KINDS``), ``shape`` and ``dtype`` (a key of
+    ``TARGET_DTYPES``). The index stores it as its ``target`` (with kind-specific extras)."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS or self.dtype not in TARGET_DTYPES:
+            raise ValueError(f"target {self.kind!r} {self.dtype!r}: not one of {TARGET_KINDS} x "
+                             f"{sorted(TARGET_DTYPES)}")
+        if self.kind == "slice" and len(self.shape) != 2 or self.kind != "slice" and len(self.shape) != 1:
+            raise ValueError(f"a {self.kind} target has shape {self.shape}")
+
+    @classmethod
+    def slice_of(cls, size: int) -> TargetLayout:
+        return cls("slice", (size, size), "float32")
+
+    @classmethod
+    def from_json(cls, obj: dict) -> TargetLayout:
+        return cls(obj["kind"], tuple(obj["shape"]), obj["dtype"])
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return TARGET_DTYPES[self.dtype]
+
+    @property
+    def values(self) -> int:
+        """Numbers per target (pixels, voxels or parcels)."""
+        return int(np.prod(self.shape))
 
 
 def sample_key(subject: str, run: int, index: int) -> str:
     return f"sub-{subject}_run-{run}_w{index:04d}"
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray, dtype: np.dtype = SAMPLE_DTYPE) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array, dtype=SAMPLE_DTYPE), allow_pickle=False)
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -70,29 +113,29 @@ def meta_bytes(meta: dict) -> bytes:
 class Sample:
     key: str
     meg: np.ndarray  # (n_features,) float32
-    fmri: np.ndarray  # (size, size) float32 in [0, 1]
+    fmri: np.ndarray  # the target (TargetLayout), in [0, 1]
     meta: dict
 
 
-def member_sizes(n_features: int, size: int) -> dict[str, int]:
+def member_sizes(n_features: int, target: TargetLayout) -> dict[str, int]:
     """Bytes of each member's data for this dataset (the tar pads each to 512-byte blocks)."""
     return {MEG_MEMBER: len(npy_bytes(np.zeros(n_features))),
-            FMRI_MEMBER: len(npy_bytes(np.zeros((size, size)))),
+            FMRI_MEMBER: len(npy_bytes(np.zeros(target.shape), target.np_dtype)),
             META_MEMBER: META_BYTES}
 
 
-def sample_stride(n_features: int, size: int) -> int:
+def sample_stride(n_features: int, target: TargetLayout) -> int:
     """Bytes one sample occupies in a shard: per member a header block plus padded data."""
-    return sum(TAR_BLOCK + -(-n // TAR_BLOCK) * TAR_BLOCK for n in member_sizes(n_features, size).values())
+    return sum(TAR_BLOCK + -(-n // TAR_BLOCK) * TAR_BLOCK for n in member_sizes(n_features, target).values())
 
 
-def write_shard(path: Path, samples: Iterable[Sample]) -> int:
+def write_shard(path: Path, samples: Iterable[Sample], target_dtype: np.dtype = SAMPLE_DTYPE) -> int:
     """Write ``samples`` as a tar at ``path`` (the caller renames it into place); return the count."""
     count = 0
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             for member, payload in ((MEG_MEMBER, npy_bytes(sample.meg)),
-                                    (FMRI_MEMBER, npy_bytes(sample.fmri)),
+                                    (FMRI_MEMBER, npy_bytes(sample.fmri, target_dtype)),
                                     (META_MEMBER, meta_bytes(sample.meta))):
                 info = tarfile.TarInfo(f"{sample.key}.{member}")
                 info.size, info.mtime, info.mode = len(payload), 0, 0o644

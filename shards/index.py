@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import IntegrityError, ShardIntegrityError
-from .format import META_BYTES, member_sizes, sample_stride
+from .format import META_BYTES, TargetLayout, member_sizes, sample_stride
 from .split import SPLITS
 
 INDEX_NAME = "index.json"
 FORMAT = "meg2fmri-shards"
-# 2: four sets by subject and story (train, test, seen_story, seen_subject); 1 had train/held_out.
-VERSION = 2
+# 3: targets other than slices (``target``: kind, shape, dtype); 2 (read as slice targets): four
+# sets by subject and story (train, test, seen_story, seen_subject); 1 had train/held_out.
+VERSION = 3
+READABLE = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,26 @@ class ShardEntry:
 class ShardIndex:
     dataset: dict  # name and fingerprint of the BIDS dataset the shards come from
     features: dict  # {"kind": "mean"|"bandpower", "width": int, "names": [...]}
-    image_size: int
+    # {"kind": "slice"|"volume"|"parcels", "shape": [...], "dtype": "float32"|"float16", ...}: volume
+    # adds the mask file, grid shape and affine, and float16's error; parcels the atlas and its labels
+    target: dict
     # {"subjects": {"train": [...], "held_out": [...]}, "stories": {"train": [...], "held_out": [...]}}
     split: dict
     shards: list[ShardEntry]
     config: dict  # resolved ingest configuration
     runs: list[dict] = field(default_factory=list)  # per (subject, run): count, slice, warnings
     failed: list[dict] = field(default_factory=list)  # runs that could not be ingested
+
+    @property
+    def target_layout(self) -> TargetLayout:
+        return TargetLayout.from_json(self.target)
+
+    @property
+    def image_size(self) -> int:
+        """Side of slice targets (pixels); other targets have none."""
+        if self.target["kind"] != "slice":
+            raise ValueError(f"{self.target['kind']} targets have no image size")
+        return self.target["shape"][0]
 
     def held_out(self, kind: str) -> list:
         """Held-out ``"subjects"`` or ``"stories"``."""
@@ -55,8 +70,8 @@ class ShardIndex:
     def layout(self) -> dict:
         """Member sizes and the fixed bytes per sample (for readers that compute offsets)."""
         width = self.features["width"]
-        return {"members": member_sizes(width, self.image_size), "meta_bytes": META_BYTES,
-                "sample_stride": sample_stride(width, self.image_size)}
+        return {"members": member_sizes(width, self.target_layout), "meta_bytes": META_BYTES,
+                "sample_stride": sample_stride(width, self.target_layout)}
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -66,12 +81,15 @@ class ShardIndex:
 
     @classmethod
     def from_json(cls, obj: dict, source: str = "index") -> ShardIndex:
-        if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+        if obj.get("format") != FORMAT or obj.get("version") not in READABLE:
             hint = (" (v1 split by subject only: re-run `ingest --from-cache` to split by story too)"
                     if obj.get("format") == FORMAT else "")
             raise IntegrityError(f"{source}: not a {FORMAT} v{VERSION} index "
                                  f"(format={obj.get('format')!r}, version={obj.get('version')!r}){hint}")
-        keys = ("dataset", "features", "image_size", "split", "config", "runs", "failed")
+        if obj["version"] == 2:  # slice targets of float32, named by their side
+            size = obj["image_size"]
+            obj = {**obj, "target": {"kind": "slice", "shape": [size, size], "dtype": "float32"}}
+        keys = ("dataset", "features", "target", "split", "config", "runs", "failed")
         fields = {k: obj[k] for k in keys}
         return cls(shards=[ShardEntry(**s) for s in obj["shards"]], **fields)
 

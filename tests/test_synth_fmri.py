@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from meg2fmri.ingest.synth.config import FMRI_AUDIO_ONSET, TR
+from meg2fmri.ingest.synth.fmri import grid_affine
 from meg2fmri.ingest.synth.sources import bold_response
 
 BOLD = "sub-{s}/func/sub-{s}_task-RDR_run-{r}_bold.nii.gz"
@@ -28,7 +29,9 @@ def test_nifti_header_tr_shape_and_dtype(tiny_root: Path):
     img = nib.load(tiny_root / BOLD.format(s="01", r=1))
     n_vols = math.ceil((10.65 + 40 + 18.87) / 0.71)
     assert img.shape == (24, 24, 18, n_vols)
-    assert img.header.get_zooms() == pytest.approx((2.0, 2.0, 2.0, 0.71))
+    # the grid spans the MNI152 brain's box, one voxel size per axis: voxels -> MNI millimetres
+    np.testing.assert_allclose(img.affine, grid_affine((24, 24, 18)))
+    assert img.header.get_zooms() == pytest.approx((160 / 24, 194 / 24, 170 / 18, 0.71))
     assert img.header.get_xyzt_units() == ("mm", "sec")
     assert img.get_data_dtype() == np.int16
     sidecar = json.loads((tiny_root / "sub-01/func/sub-01_task-RDR_run-1_bold.json").read_text())
@@ -41,6 +44,15 @@ def test_brain_shaped_intensities_and_realistic_noise(tiny_root: Path):
     mean = data.mean(axis=-1)
     assert 500 < np.median(mean[brain]) < 1500  # scanner units, not [0, 1]
     assert np.median(mean[~brain]) < 0.2 * np.median(mean[brain])  # dark outside the head
+    # the brain is nilearn's MNI152 brain (each subject slightly scaled and shifted): its mask,
+    # resampled to the grid, overlaps the subject's (Dice)
+    from nilearn import datasets, image
+
+    mni = datasets.load_mni152_brain_mask(resolution=2)
+    grid = nib.load(tiny_root / BOLD.format(s="02", r=1))
+    mni = image.resample_to_img(mni, image.index_img(grid, 0), interpolation="nearest",
+                                copy_header=True, force_resample=True).get_fdata() > 0
+    assert 2 * (mni & brain).sum() / (mni.sum() + brain.sum()) > 0.8
     # temporal SNR of the raw series (signal, drift, thermal and physiological noise): the --tsnr
     # default (30), inside the 20-40 that raw 2-mm multiband EPI measures
     tsnr = mean[brain] / data[brain].std(axis=-1)

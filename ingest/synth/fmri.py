@@ -1,12 +1,20 @@
-"""Synthetic BOLD runs: a brain-shaped EPI image, per-subject source maps, HRF-driven signal.
+"""Synthetic BOLD runs: an MNI152-shaped EPI image, per-subject source maps, HRF-driven signal.
 
-Intensities are scanner-like int16 (brain around 700-1300, dim scalp, dark background);
-the signal is ``baseline * (1 + bold + drift) + thermal noise``, each slice sampled at its own
-acquisition time within the TR (multiband slice timing of the real sequence).
+The anatomy is nilearn's bundled MNI152 (2009a, symmetric) grey- and white-matter templates (no
+download), resampled to the preset's grid, which spans the template brain's bounding box (plus a
+margin) with one voxel size per axis: the NIfTI affine maps voxels to MNI millimetres, so masks,
+maps and figures overlay nilearn's MNI template. Each subject's brain is the template under a small
+random affine (scale and shift), so raw-space anatomy differs between subjects as on a scanner.
+
+Intensities are scanner-like int16 (grey matter brighter than white matter, CSF brightest, as in
+T2*-weighted EPI; dim scalp; dark background); the signal is ``baseline * (1 + bold + drift +
+physiological noise) + thermal noise``, each slice sampled at its own acquisition time within the
+TR (multiband slice timing of the real sequence).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +25,12 @@ from scipy import ndimage
 from .config import FMRI_AUDIO_ONSET, TR, Coupling, RunPlan
 from .sources import bold_response
 
-VOXEL_MM = 2.0
 # Acquisition times (s) within the TR of the 9 shots of the real multiband-8 sequence (bold.json).
 SHOT_TIMES = (0.3075, 0.0, 0.3825, 0.0775, 0.46, 0.1525, 0.5375, 0.23, 0.6125)
-BLOB_SIGMA = 0.12  # source map blob width, in units of the brain radii
+BLOB_SIGMA = 0.12  # source map blob width, in units of the brain box's half-widths
+# The MNI152 brain mask's bounding box (mm, x symmetric about the midline) plus a margin: the grid.
+MNI_BOX_MM = ((-80.0, 80.0), (-114.0, 80.0), (-80.0, 90.0))
+SUBJECT_SCALE_SD, SUBJECT_SHIFT_MM = 0.04, 2.0  # per-subject affine of the template (raw space)
 
 
 def slice_times(n_slices: int) -> np.ndarray:
@@ -28,11 +38,43 @@ def slice_times(n_slices: int) -> np.ndarray:
     return np.array([SHOT_TIMES[z % len(SHOT_TIMES)] for z in range(n_slices)])
 
 
-def brain_coords(shape: tuple[int, int, int], centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """Voxel coordinates in brain-normalised units (the brain is the unit ball), ``(*shape, 3)``."""
-    axes = [np.linspace(-1, 1, n) for n in shape]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    return (grid - centre) / radii
+def grid_affine(shape: tuple[int, int, int]) -> np.ndarray:
+    """Voxel -> MNI mm of a grid of ``shape`` spanning ``MNI_BOX_MM`` (one voxel size per axis)."""
+    affine = np.eye(4)
+    for axis, ((lo, hi), n) in enumerate(zip(MNI_BOX_MM, shape, strict=True)):
+        size = (hi - lo) / n
+        affine[axis, axis], affine[axis, 3] = size, lo + size / 2
+    return affine
+
+
+@functools.lru_cache(maxsize=1)
+def mni_tissues() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nilearn's bundled MNI152 grey- and white-matter probabilities (2 mm) and their affine."""
+    from nilearn import datasets
+
+    grey = datasets.load_mni152_gm_template(resolution=2)
+    white = datasets.load_mni152_wm_template(resolution=2)
+    return (np.asarray(grey.get_fdata(), np.float32), np.asarray(white.get_fdata(), np.float32),
+            np.asarray(grey.affine))
+
+
+def grid_mm(shape: tuple[int, int, int], transform: np.ndarray | None = None) -> np.ndarray:
+    """MNI mm ``(*shape, 3)`` that each grid voxel sees (through a subject's ``transform``, 4x4)."""
+    affine = grid_affine(shape) if transform is None else transform @ grid_affine(shape)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def box_units(mm: np.ndarray) -> np.ndarray:
+    """MNI mm -> brain-box units (the box is [-1, 1] on each axis; x = 0 is the midline)."""
+    lo, hi = np.array(MNI_BOX_MM).T
+    return (mm - (lo + hi) / 2) / ((hi - lo) / 2)
+
+
+def sample_template(volume: np.ndarray, template_affine: np.ndarray, mm: np.ndarray) -> np.ndarray:
+    """Trilinear samples of a template volume at MNI ``mm`` ``(*shape, 3)`` (0 outside)."""
+    voxels = (mm - template_affine[:3, 3]) @ np.linalg.inv(template_affine[:3, :3]).T
+    return ndimage.map_coordinates(volume, np.moveaxis(voxels, -1, 0), order=1, mode="constant")
 
 
 @dataclass(frozen=True)
@@ -42,31 +84,39 @@ class Anatomy:
     baseline: np.ndarray  # mean image in scanner units
     grey: np.ndarray  # grey-matter weight in [0, 1]
     brain: np.ndarray  # brain mask (bool)
-    coords: np.ndarray  # brain-normalised coordinates, (*shape, 3)
+    coords: np.ndarray  # brain-box units of the template point each voxel sees, (*shape, 3)
+
+
+def subject_transform(rng: np.random.Generator) -> np.ndarray:
+    """A subject's brain in the scanner grid: the template scaled (per axis) and shifted."""
+    transform = np.diag([*(1 + SUBJECT_SCALE_SD * rng.standard_normal(3)), 1.0])
+    transform[:3, 3] = SUBJECT_SHIFT_MM * rng.standard_normal(3)
+    return transform
 
 
 def subject_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anatomy:
-    centre = np.array([0.0, 0.02, -0.05]) + rng.normal(0, 0.02, 3)
-    radii = np.array([0.66, 0.8, 0.8]) * (1 + rng.normal(0, 0.04, 3))
-    coords = brain_coords(shape, centre, radii)
-    dist = np.sqrt((coords**2).sum(axis=-1))
-    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    grey_t, white_t, template_affine = mni_tissues()
+    mm = grid_mm(shape, subject_transform(rng))
+    # the template is oversampled for coarse grids: smooth it to about the grid's voxel size first
+    sigma = np.clip(np.diag(grid_affine(shape))[:3] / 2 / 2.355, 0, None)  # FWHM = voxel, in 2-mm units
+    grey = np.clip(sample_template(ndimage.gaussian_filter(grey_t, sigma), template_affine, mm), 0, 1)
+    white = np.clip(sample_template(ndimage.gaussian_filter(white_t, sigma), template_affine, mm), 0, 1)
+    tissue = np.clip(grey + white, 0, 1)
+    brain = tissue > 0.5
+    csf = np.clip(ndimage.binary_fill_holes(brain) * (1 - tissue), 0, 1) * ndimage.binary_erosion(brain, iterations=1)
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
     texture /= texture.std()
-    cortex_depth = 0.82 + 0.04 * texture  # folded grey/white boundary
-    brain = dist < 1.0
-    grey = brain & (dist > cortex_depth)
-    ventricle = np.zeros(shape, dtype=bool)
-    for side in (0.12, -0.12):
-        ventricle |= (((coords - [side, 0.05, 0.1]) / [0.08, 0.3, 0.15]) ** 2).sum(-1) < 1
-    image = np.where(brain, 700.0, 0.0)
-    image = np.where(grey, 900.0, image)
-    image = np.where(ventricle, 1300.0, image)
-    image = np.where((dist >= 1.0) & (dist < 1.12), 150.0, image)  # scalp, fat suppressed
+    scalp = ndimage.binary_dilation(brain, iterations=2) & ~brain
+    centre = box_units(mm)
+    dist = np.sqrt((centre ** 2).sum(axis=-1))
+    image = np.where(brain, 700.0 * white + 900.0 * grey + 1300.0 * csf, 0.0)
+    image = np.where(brain, np.maximum(image, 650.0), image)
+    image = np.where(scalp, 150.0, image)  # fat suppressed
     image *= 1 + 0.03 * texture
     image *= 1 + 0.15 * np.clip(dist, 0, 1.2)  # receive-coil sensitivity, brighter at the edge
-    image = ndimage.gaussian_filter(image, 0.7)
-    grey_weight = ndimage.gaussian_filter(np.where(grey, 1.0, np.where(brain & ~ventricle, 0.3, 0.0)), 0.7)
-    return Anatomy(image.astype(np.float32), grey_weight.astype(np.float32), brain, coords)
+    image = ndimage.gaussian_filter(image, 0.5)
+    grey_weight = np.where(brain, grey, 0.0)
+    return Anatomy(image.astype(np.float32), grey_weight.astype(np.float32), brain, centre.astype(np.float32))
 
 
 PHYSIO_PATTERNS = 16  # spatial patterns of the physiological noise (a low-rank, smooth field)
@@ -91,14 +141,21 @@ def physio_field(rng: np.random.Generator, brain: np.ndarray, n_vols: int) -> tu
     return patterns.astype(np.float32), courses.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def cortex_points() -> np.ndarray:
+    """Brain-box coordinates of the template's left-hemisphere grey matter (probability > 0.6)."""
+    grey, _, affine = mni_tissues()
+    mm = np.argwhere(grey > 0.6) @ affine[:3, :3].T + affine[:3, 3]
+    return box_units(mm[mm[:, 0] < -10])
+
+
 def group_blobs(rng: np.random.Generator, n_sources: int) -> np.ndarray:
-    """Group-level blob centres ``(n_sources, 2, 3)`` in brain units: a bilateral pair per source,
-    centred in the cortical ribbon (BOLD is a grey-matter signal)."""
+    """Group-level blob centres ``(n_sources, 2, 3)`` in brain-box units: a bilateral pair per source
+    (a point of the template's grey matter and its mirror image), as BOLD is a grey-matter signal."""
+    points = cortex_points()
     centres = np.empty((n_sources, 2, 3))
     for k in range(n_sources):
-        direction = rng.standard_normal(3)
-        direction /= np.linalg.norm(direction)
-        c = direction * rng.uniform(0.8, 0.95)  # in the cortical ribbon
+        c = points[rng.integers(len(points))]
         centres[k] = [c, c * [-1, 1, 1]]
     return centres
 
@@ -154,10 +211,9 @@ def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np
 
 
 def write_nifti(data: np.ndarray, path: Path) -> None:
-    """Save ``data`` as gzip NIfTI-1 with 2 mm voxels and TR in the header (deterministic bytes)."""
-    shape = np.array(data.shape[:3])
-    affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
-    affine[:3, 3] = -VOXEL_MM * (shape - 1) / 2
+    """Save ``data`` as gzip NIfTI-1 on the MNI grid (``grid_affine``) with TR in the header
+    (deterministic bytes)."""
+    affine = grid_affine(data.shape[:3])
     img = nib.Nifti1Image(data, affine)
     header = img.header
     header.set_data_dtype(np.int16)
