@@ -192,7 +192,15 @@ def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dic
     """The index's ``target``: kind, shape and dtype, with what a reader needs to place the values."""
     p = config.pairing
     if p.target == "slice":
-        return {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}
+        entry = {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}
+        ok = [r for r in results if r["ok"]]
+        try:  # where the slice sits (for `generate`'s NIfTI): the first run's grid
+            shape, affine = targets.grid_of(cache.read_run(config.out / cache.CACHE_NAME, ok[0]["subject"],
+                                                           ok[0]["run"]))
+            entry |= {"grid": list(shape), "affine": affine.tolist(), "slice": p.slice}
+        except (IndexError, InputError):  # no run, or a cache from before affines were kept
+            pass
+        return entry
     if p.target == "volume":
         preprocessed = config.preprocessed
         return {"kind": "volume", "shape": [choice["voxels"]], "dtype": "float16", "mask": MASK_NAME,

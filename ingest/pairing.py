@@ -122,6 +122,16 @@ def standardise_over_time(features: np.ndarray) -> np.ndarray:
     return (features - features.mean(axis=0)) / np.where(sd > 0, sd, 1)
 
 
+def meg_features(meg: np.ndarray, sfreq: float, starts: list[int], length: int, kind: str) -> np.ndarray:
+    """Feature vectors ``(len(starts), width)`` float32 of the ``length``-sample epochs at ``starts``
+    of the z-scored 100 Hz MEG ``(channels, samples)``: ingest and ``generate`` both call this."""
+    power = band_power(meg, sfreq) if kind == "bandpower" else None
+    features = np.stack([epoch_features(meg, power, s, length) for s in starts])
+    if power is not None and len(starts) > 1:
+        features = standardise_over_time(features)
+    return features.astype(np.float32)
+
+
 @dataclass
 class RunPairs:
     meg: np.ndarray  # (n, features) float32
@@ -211,17 +221,13 @@ def pair_run(run: CachedRun, config: PairingConfig, extract) -> RunPairs:
         raise InputError(f"{run.name}: pairing needs a slice; the driver chooses one from training runs")
     sfreq = run.attrs["meg_sfreq"]
     meg = run.meg[:]
-    power = band_power(meg, sfreq) if config.features == "bandpower" else None
     windows = run_windows(run, config, meg)
     correlation = correlate_slices(windows.table, windows.profile) if slices else np.zeros(0)
     chosen, n_slices = (config.slice if slices else -1), run.slice_means.shape[1]
     if slices and not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
     starts, volumes, length, meg_onset = windows.starts, windows.volumes, windows.length, windows.meg_onset
-    features = np.stack([epoch_features(meg, power, s, length) for s in starts])
-    if power is not None and len(starts) > 1:
-        features = standardise_over_time(features)
-    features = features.astype(np.float32)
+    features = meg_features(meg, sfreq, starts, length, config.features)
     images = extract(run, volumes, chosen, config.size)
     tr, fmri_onset = run.attrs["fmri_tr"], run.attrs["fmri_story_onset_s"]
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),

@@ -89,27 +89,56 @@ def resample_meg(data: np.ndarray, factor: int, stim_rows: list[int]) -> np.ndar
 
 
 def preprocess_meg(files: RunFiles, story: StoryEvent) -> MegRun:
-    path = files.meg
+    """A run's MEG, the story onset from its STI101 triggers (checked against ``story``)."""
+    return preprocess_meg_file(files.meg, files.name, story.duration)
+
+
+def read_raw(path, storage_options: dict | None = None):
+    """MNE's Raw of a local FIF or an ``s3://`` object (read whole: MNE needs ``preload=True`` with a
+    file object), or an error naming the file."""
+    text = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = mne.io.read_raw_fif(path, preload=False, verbose="error")
-            data = raw.get_data()  # decodes the file once, straight into one float64 array
+            if "://" in text and not text.startswith("file://"):
+                import io
+
+                import fsspec
+
+                with fsspec.open(text, "rb", **(storage_options or {})) as f:
+                    return mne.io.read_raw_fif(io.BytesIO(f.read()), preload=True, verbose="error")
+            return mne.io.read_raw_fif(text.removeprefix("file://"), preload=False, verbose="error")
+    except FileNotFoundError:
+        raise RunInputError(f"{path}: no such MEG file") from None
     except Exception as err:  # MNE raises many types for corrupt or truncated files
         raise RunInputError(f"{path}: cannot read the FIF file ({type(err).__name__}: {err}); "
                             "re-download or re-export it") from None
-    ch_names, sfreq, first_samp = list(raw.ch_names), raw.info["sfreq"], raw.first_samp
-    if "STI101" not in ch_names:
-        raise RunInputError(f"{path}: no STI101 trigger channel")
-    stim_rows = [i for i, kind in enumerate(raw.get_channel_types()) if kind == "stim"]
-    trigger = mne.io.RawArray(data[[ch_names.index("STI101")]],
-                              mne.create_info(["STI101"], sfreq, "stim"), first_samp=first_samp,
-                              verbose="error")
-    events = mne.find_events(trigger, stim_channel="STI101", shortest_event=1, verbose="error")
+
+
+def preprocess_meg_file(path, name: str, duration: float | None, onset: float | None = None,
+                        storage_options: dict | None = None) -> MegRun:
+    """The paper's MEG preprocessing of one FIF (local or ``s3://``). The story onset comes from the
+    STI101 triggers (``duration`` checks them), or is ``onset`` (s from the file start) as given."""
+    raw = read_raw(path, storage_options)
     try:
-        onset, notes = story_onset(events, first_samp, sfreq, story.duration, files.name)
-    except RunInputError as err:
-        raise RunInputError(f"{path}: {err}") from None
+        data = raw.get_data()  # decodes the file once, straight into one float64 array
+    except Exception as err:
+        raise RunInputError(f"{path}: cannot read the FIF file ({type(err).__name__}: {err}); "
+                            "re-download or re-export it") from None
+    ch_names, sfreq, first_samp = list(raw.ch_names), raw.info["sfreq"], raw.first_samp
+    stim_rows = [i for i, kind in enumerate(raw.get_channel_types()) if kind == "stim"]
+    notes: list[str] = []
+    if onset is None:
+        if "STI101" not in ch_names:
+            raise RunInputError(f"{path}: no STI101 trigger channel")
+        trigger = mne.io.RawArray(data[[ch_names.index("STI101")]],
+                                  mne.create_info(["STI101"], sfreq, "stim"), first_samp=first_samp,
+                                  verbose="error")
+        events = mne.find_events(trigger, stim_channel="STI101", shortest_event=1, verbose="error")
+        try:
+            onset, notes = story_onset(events, first_samp, sfreq, duration, name)
+        except RunInputError as err:
+            raise RunInputError(f"{path}: {err}") from None
     factor = sfreq / MEG_SFREQ
     if factor != int(factor):
         raise RunInputError(f"{path}: sampling rate {sfreq} Hz is not a multiple of {MEG_SFREQ} Hz")

@@ -131,7 +131,10 @@ class TargetExtractor:
     def __call__(self, run: CachedRun, volumes: list[int], axial_slice: int, size: int) -> np.ndarray:
         if self.layout.kind == "slice":
             return np.clip(np.stack([resize_bilinear(run.image(v, axial_slice), size) for v in volumes]), 0, 1)
-        data = normalised_volumes(run, volumes)
+        return self.from_volumes(normalised_volumes(run, volumes))
+
+    def from_volumes(self, data: np.ndarray) -> np.ndarray:
+        """Voxel or parcel targets of normalised volumes ``(n, i, j, k)``, ``(n, values)`` float32."""
         if self.layout.kind == "volume":
             return data[:, self.mask]  # float32 here; stored as float16
         flat = self.label_image.ravel()
@@ -139,9 +142,22 @@ class TargetExtractor:
         inside = (flat != 0) & (index < len(self.labels))
         inside[inside] = np.asarray(self.labels)[index[inside]] == flat[inside]
         counts = np.bincount(index[inside], minlength=len(self.labels))
-        rows = data.reshape(len(volumes), -1)[:, inside]
+        rows = data.reshape(len(data), -1)[:, inside]
         sums = np.stack([np.bincount(index[inside], weights=row, minlength=len(self.labels)) for row in rows])
         return (sums / counts).astype(np.float32)
+
+
+def extractor_of_index(out: Path, target: dict, run: CachedRun) -> TargetExtractor:
+    """The extractor an ingest used, rebuilt from its index's ``target`` (mask beside the index)."""
+    layout = TargetLayout.from_json(target)
+    if layout.kind == "volume":
+        path = Path(out) / target["mask"]
+        return TargetExtractor(layout, mask=load_mask(str(path), target["mask_sha256"]))
+    if layout.kind == "parcels":
+        shape, affine = grid_of(run)
+        return TargetExtractor(layout, labels=tuple(target["labels"]),
+                               label_image=atlas_on_grid(target["atlas"], shape, tuple(affine.ravel())))
+    return TargetExtractor(layout)
 
 
 def extractor(run: CachedRun, config: PairingConfig) -> TargetExtractor:

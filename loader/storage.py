@@ -282,6 +282,21 @@ def s3_client(options: dict):
     return boto3.session.Session().client("s3", config=config, **client_kwargs)
 
 
+def read_mask(store: LocalStore | S3Store, index: ShardIndex):
+    """Volume targets' brain mask beside the index (a nibabel image), checked against its sha256."""
+    import gzip
+    import hashlib
+
+    import nibabel as nib
+
+    target = index.target
+    data = store.read_file(target["mask"])
+    if hashlib.sha256(data).hexdigest() != target["mask_sha256"]:
+        raise ShardIntegrityError(f"{store.url}/{target['mask']}: does not match the index's sha256; "
+                                  "re-run `ingest`")
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+
+
 def open_store(source: str | Path, config: StoreConfig | None = None) -> LocalStore | S3Store:
     """A store for a local folder / ``index.json`` path, a ``file://`` URL or an ``s3://`` URL."""
     config = config or StoreConfig()

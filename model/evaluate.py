@@ -202,6 +202,12 @@ def change_r2(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(np.where(ss > 0, 1 - ((r - p) ** 2).sum(axis=0) / np.where(ss > 0, ss, 1), 0.0)))
 
 
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries; NaN if none (SSIM of voxel targets), without numpy's warning."""
+    finite = np.asarray(values, dtype=np.float64)[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
 def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Per-run values of every metric in ``RUN_METRICS``, ``{metric: (runs,)}`` (SSIM is for
     images: NaN for voxel and parcel targets)."""
@@ -272,14 +278,14 @@ def score_set(
         )
         row = {
             "name": name,
-            **{k: float(np.nanmean(v)) for k, v in s.items()},
+            **{k: finite_mean(v) for k, v in s.items()},
             **{
                 f"{k}_ci": cluster_bootstrap(s[k], ev.run_subjects, rng, config.bootstrap)
                 for k in ("voxel_r", "mse", "ssim", "change_r2")
             },
             "voxel_r_p": null["p"],
             "voxel_r_null_95": null["null_95"],
-            "voxel_r_of_ceiling": float(np.nanmean(s["voxel_r"]) / ceiling) if ceiling > 0 else float("nan"),
+            "voxel_r_of_ceiling": finite_mean(s["voxel_r"]) / ceiling if ceiling > 0 else float("nan"),
         }
         rows.append(row)
 

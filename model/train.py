@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
+from meg2fmri.loader.storage import read_mask
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.format import TargetLayout
 
@@ -277,6 +278,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         head, head_choice = principal_components(means.changes, config)
         head["mean"] = to_tanh(means.image)
     generator, critic = (m.to(device) for m in build_models(width, target, config.smooth, head))
+    placement = dict(index.target)  # what `generate` needs to write NIfTI: grid, affine, mask
+    if target.kind == "volume":
+        placement["mask_bits"] = np.packbits(np.asarray(read_mask(loader.store, index).dataobj) > 0)
     out.mkdir(parents=True, exist_ok=True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
                              weight_decay=config.weight_decay)
@@ -321,7 +325,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                                "pairing": {k: index.config["pairing"][k] for k in
                                            ("pairing", "features", "stride", "lag", "epoch", "size", "target")
                                            if k in index.config.get("pairing", {})},
-                               "mean_target": means.image.cpu()},
+                               "mean_target": means.image.cpu(), "placement": placement},
                      "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset},
                     path)
 

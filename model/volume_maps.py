@@ -16,8 +16,6 @@ For voxel targets (``ingest --target volume``) every scored method gets, on each
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,8 +23,7 @@ import nibabel as nib
 import numpy as np
 from scipy.stats import false_discovery_control
 
-from meg2fmri.loader import StoreConfig, open_store
-from meg2fmri.shards.errors import IntegrityError
+from meg2fmri.loader import StoreConfig, open_store, storage
 
 from .stats import standardise
 
@@ -36,12 +33,7 @@ SYNTH_TRUTH = "derivatives/synth"
 
 def read_mask(shards: str, index, storage_options: dict | None = None) -> nib.Nifti1Image:
     """The volume targets' mask beside the index, checked against the index's sha256."""
-    store = open_store(shards, StoreConfig(storage_options=storage_options or {}))
-    target = index.target
-    data = store.read_file(target["mask"])
-    if hashlib.sha256(data).hexdigest() != target["mask_sha256"]:
-        raise IntegrityError(f"{shards}: {target['mask']} does not match the index's sha256; re-run `ingest`")
-    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+    return storage.read_mask(open_store(shards, StoreConfig(storage_options=storage_options or {})), index)
 
 
 def to_image(values: np.ndarray, mask: nib.Nifti1Image) -> nib.Nifti1Image:

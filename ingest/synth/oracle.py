@@ -25,7 +25,9 @@ from meg2fmri.shards.format import read_shard
 from meg2fmri.shards.index import read_index
 from meg2fmri.shards.split import EVALUATION_SETS, SPLITS
 
+from ..cache import read_run
 from ..pairing import resize_bilinear
+from ..targets import extractor_of_index
 from .config import FMRI_AUDIO_ONSET, TR
 from .fmri import slice_times
 from .sources import CANONICAL_PEAK, DRIVE_SFREQ, bold_response
@@ -44,7 +46,8 @@ def subject_truth(truth: Path, subject: str) -> tuple[np.ndarray, np.ndarray, fl
 
 def oracle_images(bids_root: Path, ingest_out: Path,
                   splits: tuple[str, ...] = EVALUATION_SETS) -> tuple[list[str], np.ndarray]:
-    """Sample keys of ``splits`` and their noise-free images ``(n, S, S)`` in [0, 1]."""
+    """Sample keys of ``splits`` and their noise-free targets ``(n, *target shape)`` in [0, 1]
+    (slices, in-mask voxels or parcel means, made exactly as ingest makes them)."""
     truth = Path(bids_root) / TRUTH
     try:
         coupling = json.loads((truth / CONFIG_NAME).read_text())["config"]["coupling"]
@@ -58,19 +61,36 @@ def oracle_images(bids_root: Path, ingest_out: Path,
         for sample in read_shard(Path(ingest_out) / entry.name):
             by_run.setdefault((sample.meta["subject"], sample.meta["run"]), []).append(sample)
     keys, images = [], []
+    kind = index.target["kind"]
     for (subject, run), samples in sorted(by_run.items()):
         baseline, maps, peak = subject_truth(truth, subject)
         drive = np.load(truth / "stories" / f"story-{run}_bold-drive_{DRIVE_SFREQ:g}Hz.npy")
-        z = samples[0].meta["slice"]
-        times = np.array([m.meta["fmri_volume"] * TR for m in samples]) + slice_times(baseline.shape[2])[z]
-        response = bold_response(drive.astype(np.float64), FMRI_AUDIO_ONSET, times, peak)  # (k, samples)
         lo, hi = cache[f"sub-{subject}_run-{run}"].attrs["fmri_value_range"]
-        for sample, r in zip(samples, response.T, strict=True):
-            clean = baseline[:, :, z] * (1 + coupling["bold_percent"] / 100
-                                         * np.tensordot(r, maps[:, :, :, z], axes=1))
-            image = resize_bilinear(((clean - lo) / (hi - lo)).T.astype(np.float32), index.image_size)
-            keys.append(sample.key)
-            images.append(np.clip(image, 0, 1))
+        scale = coupling["bold_percent"] / 100
+        volumes = np.array([m.meta["fmri_volume"] for m in samples])
+        if kind == "slice":
+            z = samples[0].meta["slice"]
+            times = volumes * TR + slice_times(baseline.shape[2])[z]
+            response = bold_response(drive.astype(np.float64), FMRI_AUDIO_ONSET, times, peak)  # (k, n)
+            for sample, r in zip(samples, response.T, strict=True):
+                clean = baseline[:, :, z] * (1 + scale * np.tensordot(r, maps[:, :, :, z], axes=1))
+                image = resize_bilinear(((clean - lo) / (hi - lo)).T.astype(np.float32), index.image_size)
+                keys.append(sample.key)
+                images.append(np.clip(image, 0, 1))
+            continue
+        # whole volumes: every slice at its own acquisition time, then the ingest's own extraction
+        times = volumes[None, :] * TR + slice_times(baseline.shape[2])[:, None]  # (slices, n)
+        response = bold_response(drive.astype(np.float64), FMRI_AUDIO_ONSET, times.ravel(), peak).reshape(
+            maps.shape[0], baseline.shape[2], len(samples))
+        extract = extractor_of_index(ingest_out, index.target, read_run(Path(ingest_out) / "cache.zarr",
+                                                                        subject, run))
+        for start in range(0, len(samples), 16):
+            part = slice(start, start + 16)
+            change = np.einsum("kijz,kzn->nijz", maps, response[:, :, part])
+            clean = baseline[None] * (1 + scale * change)
+            values = extract.from_volumes(np.clip((clean - lo) / (hi - lo), 0, 1).astype(np.float32))
+            keys += [m.key for m in samples[part]]
+            images += list(values)
     if not keys:
         raise InputError(f"{ingest_out}: the index has no samples in {list(splits)}")
     return keys, np.stack(images).astype(np.float32)
