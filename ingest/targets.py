@@ -130,7 +130,8 @@ class TargetExtractor:
 
     def __call__(self, run: CachedRun, volumes: list[int], axial_slice: int, size: int) -> np.ndarray:
         if self.layout.kind == "slice":
-            return np.clip(np.stack([resize_bilinear(run.image(v, axial_slice), size) for v in volumes]), 0, 1)
+            images = [resize_bilinear(run.image(v, axial_slice), size) for v in volumes]
+            return np.clip(np.stack(images), 0, 1)
         return self.from_volumes(normalised_volumes(run, volumes))
 
     def from_volumes(self, data: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from meg2fmri.shards.split import EVALUATION_SETS
 
 from . import baselines, figures, report, volume_maps
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
-from .nets import Generator, from_tanh
+from .nets import from_tanh
 from .stats import cluster_bootstrap, resampling_unit, shift_null
 from .train import CHECKPOINT, VARIANTS, generator_from_checkpoint
 
@@ -326,7 +326,8 @@ def save_predictions(out: Path, ev: EvalSet, predictions: dict[str, np.ndarray])
     keys = np.array([m["key"] for m in ev.meta])
     dtype = np.float16 if ev.fmri.ndim == 2 and ev.fmri.shape[1] > 4096 else np.float32
     for name, pred in predictions.items():
-        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri.astype(dtype), predictions=pred.astype(dtype))
+        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri.astype(dtype),
+                 predictions=pred.astype(dtype))
 
 
 

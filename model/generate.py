@@ -117,7 +117,8 @@ def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray,
     wanted = model_channels(model["feature_names"], model["features"])
     missing = [c for c in wanted if c not in meg.ch_names]
     if missing:
-        raise InputError(f"{config.meg}: the model reads {len(wanted)} channels and {len(missing)} are not in "
+        raise InputError(f"{config.meg}: the model reads {len(wanted)} channels and {len(missing)} are not "
+                         f"in "
                          f"this recording (e.g. {missing[:3]}); use a recording with the channel set the "
                          "model was trained on (Neuromag 306 + 22), or train with --meg-only")
     rows = [meg.ch_names.index(c) for c in wanted]
@@ -138,7 +139,8 @@ def predict(generator, features: np.ndarray, batch: int, progress: bool) -> np.n
     out = []
     with torch.no_grad():
         for a in tqdm(range(0, len(features), batch), desc="generate", unit="batch", disable=not progress):
-            out.append(from_tanh(generator(torch.from_numpy(features[a:a + batch]))).clamp(0, 1).numpy())
+            pred = from_tanh(generator(torch.from_numpy(features[a:a + batch]))).clamp(0, 1)
+            out.append((pred[:, 0] if pred.ndim == 4 else pred).numpy())  # slices: (B, 1, S, S)
     return np.concatenate(out)
 
 
@@ -229,7 +231,8 @@ def generate(config: GenerateConfig) -> dict:
         "GeneratedBy": [{"Name": "meg2fmri generate", "Description": "model/generate.py"}],
         "Sources": [str(config.meg)],
         "RepetitionTime": TR,
-        "Model": {"checkpoint": str(checkpoint), "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "Model": {"checkpoint": str(checkpoint),
+                  "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
                   "variant": state["config"]["variant"], "step": state["step"], "target": model["target"],
                   "head": model.get("head"), "trained_on": state["config"]["shards"]},
         "Features": {"kind": model["features"], "width": len(model["feature_names"]),

@@ -3,7 +3,8 @@
 Examples:
     generate --model demo-volume/runs/cgan --meg sub-12_task-RDR_run-6_meg.fif \\
         --events sub-12_task-RDR_run-6_events.tsv --out sub-12_task-RDR_run-6_desc-meg2fmri_bold.nii.gz
-    generate --model runs/cgan --meg s3://bucket/sub-01/meg/sub-01_task-RDR_run-1_meg.fif --start 10 --stop 300
+    generate --model runs/cgan --meg s3://bucket/sub-01/meg/sub-01_task-RDR_run-1_meg.fif \\
+        --start 10 --stop 300
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the recording's BIDS events.tsv: the story runs from its Beg (value 1) to its End "
                         "(value 2) row, or is its first row with a duration (default: --start/--stop)")
     p.add_argument("--start", type=float, default=None, help="story onset, s from the file start (default 0)")
-    p.add_argument("--stop", type=float, default=None, help="story end, s from the file start (default: the end)")
+    p.add_argument("--stop", type=float, default=None,
+                   help="story end, s from the file start (default: the end)")
     p.add_argument("--out", type=Path, default=None,
                    help="output NIfTI (TSV for parcel targets); sidecar .json and montage .png beside it "
                         "(default: the FIF's name with _desc-meg2fmri_bold.nii.gz, in this folder)")
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         options["client_kwargs"] = {"endpoint_url": args.endpoint_url}
     if args.anon:
         options["anon"] = True
-    config = GenerateConfig(model=args.model, meg=args.meg, out=args.out, events=args.events, start=args.start,
+    config = GenerateConfig(model=args.model, meg=args.meg, out=args.out, events=args.events,
+                            start=args.start,
                             stop=args.stop, storage_options=options, progress=not args.quiet)
     try:
         sidecar = generate(config)

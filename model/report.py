@@ -41,7 +41,8 @@ def set_table(name: str, result: dict) -> list[str]:
                   "| method | mean voxel r | voxels passing (FDR) | r map vs truth |", "|---|---|---|---|"]
         for method, row in maps["rows"].items():
             truth = "-" if row["truth_r"] is None else f"{row['truth_r']:+.3f}"
-            lines.append(f"| {method} | {row['mean_r']:.4f} | {row['fdr_fraction']:.1%} ({row['fdr_voxels']}) "
+            passing = f"{row['fdr_fraction']:.1%} ({row['fdr_voxels']})"
+            lines.append(f"| {method} | {row['mean_r']:.4f} | {passing} "
                          f"| {truth} |")
     for title, key in (
         ("each MEG model minus each baseline and other model", "paired_differences"),

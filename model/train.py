@@ -107,7 +107,8 @@ def build_models(width: int, target: TargetLayout, smooth: float = 0.0,
 def generator_from_checkpoint(state: dict) -> nn.Module:
     """The trained generator of a checkpoint, in eval mode."""
     model = state["model"]
-    target = TargetLayout.from_json(model["target"]) if "target" in model else TargetLayout.slice_of(model["size"])
+    target = (TargetLayout.from_json(model["target"]) if "target" in model
+              else TargetLayout.slice_of(model["size"]))
     if target.kind == "slice":
         generator = Generator(model["width"], target.shape[0], smooth=model.get("smooth", 0.0))
     else:
@@ -152,7 +153,8 @@ def load_checkpoint(path: Path, width: int, target: TargetLayout, smooth: float)
     trained = model.get("target", {"kind": "slice", "shape": [model.get("size")] * 2})
     if model["width"] != width or list(trained["shape"]) != list(target.shape):
         raise InputError(f"{path}: checkpoint is for {model['width']} features x {trained['kind']} "
-                         f"{trained['shape']}, these shards give {width} x {target.kind} {list(target.shape)}; "
+                         f"{trained['shape']}, these shards give {width} x {target.kind} "
+                         f"{list(target.shape)}; "
                          "use the shards it was trained on, or a new --out")
     if model.get("smooth", 0.0) != smooth:
         raise InputError(f"{path}: checkpoint was trained with --smooth {model.get('smooth', 0.0)}, "
@@ -240,7 +242,8 @@ def principal_components(changes: torch.Tensor, config: TrainConfig) -> tuple[di
         k = q
     else:
         k = min(int((explained < config.explained).sum()) + 1, q)
-    head = {"components": v[:, :k].T.float().contiguous(), "scale": (s[:k] / math.sqrt(max(len(x) - 1, 1))).float()}
+    head = {"components": v[:, :k].T.float().contiguous(),
+            "scale": (s[:k] / math.sqrt(max(len(x) - 1, 1))).float()}
     how = {"components": k, "explained_variance": float(explained[k - 1]), "from_samples": len(x),
            "rule": f"--components {config.components}" if config.components else
            f"fewest explaining >= {config.explained} of the training changes' variance (at most "

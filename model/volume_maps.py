@@ -117,7 +117,8 @@ def volume_report(out: Path, ev, predictions: dict[str, np.ndarray], mask: nib.N
     folder = out / "maps" / ev.name
     folder.mkdir(parents=True, exist_ok=True)
     inside = np.asarray(mask.dataobj) > 0
-    truth = None if bids_root is None else truth_amplitude(Path(bids_root), sorted(set(ev.run_subjects)), inside)
+    subjects = sorted(set(ev.run_subjects))
+    truth = None if bids_root is None else truth_amplitude(Path(bids_root), subjects, inside)
     background = to_image(ev.fmri.mean(axis=0), mask)
     rows = {}
     for name, pred in predictions.items():
@@ -126,7 +127,8 @@ def volume_report(out: Path, ev, predictions: dict[str, np.ndarray], mask: nib.N
         passed = false_discovery_control(p) < FDR_Q if np.isfinite(p).all() else np.zeros(len(p), bool)
         nib.save(to_image(r, mask), folder / f"{name}_r.nii.gz")
         nib.save(to_image(r2, mask), folder / f"{name}_r2.nii.gz")
-        row = {"mean_r": float(r.mean()), "fdr_fraction": float(passed.mean()), "fdr_voxels": int(passed.sum()),
+        row = {"mean_r": float(r.mean()), "fdr_fraction": float(passed.mean()),
+               "fdr_voxels": int(passed.sum()),
                "truth_r": float(np.corrcoef(r, truth)[0, 1]) if truth is not None and r.std() > 0 else None}
         if name in figures:
             map_figure(to_image(r, mask), background, folder / f"{name}_r.png",

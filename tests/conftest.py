@@ -94,6 +94,37 @@ def paper_ingested(ingested: Path, tmp_path_factory) -> Path:
     return out
 
 
+def from_cache(ingested: Path, out: Path, *args: str) -> Path:
+    """Re-pair ``ingested``'s cache into ``out`` with other options (no FIF or NIfTI is read)."""
+    import shutil
+
+    from meg2fmri.ingest import cli as ingest_cli
+
+    out.mkdir(parents=True)
+    shutil.copytree(ingested / "cache.zarr", out / "cache.zarr")
+    assert ingest_cli.main(["--quiet", "--out", str(out), "--from-cache", *args]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def volume_ingested(ingested: Path, tmp_path_factory) -> Path:
+    """The tiny dataset with whole-brain targets, one sample per volume (stride = TR)."""
+    return from_cache(ingested, tmp_path_factory.mktemp("ingest") / "volume", "--target", "volume",
+                      "--stride", "0.71", "--shard-samples", "100")
+
+
+@pytest.fixture(scope="session")
+def volume_runs(volume_ingested: Path, tmp_path_factory) -> Path:
+    """cgan and no_adversarial on ``volume_ingested`` (one epoch each: what is tested is the plumbing)."""
+    from meg2fmri.model.train import TrainConfig, train
+
+    runs = tmp_path_factory.mktemp("runs") / "volume"
+    for variant in ("cgan", "no_adversarial"):
+        train(TrainConfig(shards=str(volume_ingested), out=str(runs / variant), variant=variant, epochs=1,
+                          batch_size=16, device="cpu"), progress=False)
+    return runs
+
+
 def start_moto():
     """A real S3-protocol server (moto) on a free loopback port, with its request log silenced."""
     import logging

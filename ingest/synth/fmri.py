@@ -103,7 +103,8 @@ def subject_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> An
     white = np.clip(sample_template(ndimage.gaussian_filter(white_t, sigma), template_affine, mm), 0, 1)
     tissue = np.clip(grey + white, 0, 1)
     brain = tissue > 0.5
-    csf = np.clip(ndimage.binary_fill_holes(brain) * (1 - tissue), 0, 1) * ndimage.binary_erosion(brain, iterations=1)
+    inner = ndimage.binary_erosion(brain, iterations=1)
+    csf = np.clip(ndimage.binary_fill_holes(brain) * (1 - tissue), 0, 1) * inner
     texture = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
     texture /= texture.std()
     scalp = ndimage.binary_dilation(brain, iterations=2) & ~brain
