@@ -12,7 +12,7 @@ PIP_PINS ?= aiobotocore==3.10.0 boto3==1.43.117
 DEMO_DIR ?= demo-output
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-pairing paper test lint install install-test clean
+.PHONY: demo demo-volume demo-pairing paper test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,34 @@ demo: $(VENV)/.installed
 	@echo "demo: Zarr cache, shards and index in $(DEMO_DIR)/ingest; runs (checkpoints, log.jsonl) in $(DEMO_DIR)/runs"
 	@echo "demo: results $(DEMO_DIR)/eval/results.md (test, seen_story, seen_subject); predictions $(DEMO_DIR)/eval/predictions/"
 
+# Whole-brain targets (README: "Whole-brain targets and generate"): the demo's dataset and settings
+# with --target volume (every voxel in the training-data brain mask, float16), the low-rank generator
+# head (components explaining half the training changes' variance, chosen on training data), the same
+# three variants, ridge and stimulus on every voxel, the oracle; evaluate writes r and R^2 maps as
+# NIfTI. Reuses the demo's dataset (and its Zarr cache, hard-linked) when `make demo` ran first, so
+# nothing is decoded twice; otherwise it writes them. Then `generate` turns one held-out recording
+# (sub-12, story 6) into a synthetic BOLD NIfTI.
+VOLUME_DIR ?= demo-volume
+demo-volume: $(VENV)/.installed
+	if [ ! -f $(DEMO_DIR)/bids/derivatives/synth/synth_config.json ]; then \
+		$(BIN)/synth --preset demo --out $(DEMO_DIR)/bids --overwrite --seed $(DEMO_SEED) $(DEMO_SYNTH); fi
+	rm -rf $(VOLUME_DIR) && mkdir -p $(VOLUME_DIR)/ingest
+	if [ -d $(DEMO_DIR)/ingest/cache.zarr ]; then cp -al $(DEMO_DIR)/ingest/cache.zarr $(VOLUME_DIR)/ingest/; fi
+	$(BIN)/ingest --bids-root $(DEMO_DIR)/bids --out $(VOLUME_DIR)/ingest $(DEMO_INGEST) --target volume --quiet
+	for variant in cgan no_adversarial shuffled; do \
+		$(BIN)/train --shards $(VOLUME_DIR)/ingest --out $(VOLUME_DIR)/runs/$$variant --variant $$variant \
+			--epochs $(DEMO_EPOCHS) --lr-step-epochs $(DEMO_LR_STEP) --seed $(DEMO_SEED) --quiet || exit 1; \
+	done
+	$(BIN)/synth-oracle --bids-root $(DEMO_DIR)/bids --ingest $(VOLUME_DIR)/ingest --out $(VOLUME_DIR)/oracle.npz
+	$(BIN)/evaluate --shards $(VOLUME_DIR)/ingest --runs $(VOLUME_DIR)/runs --out $(VOLUME_DIR)/eval \
+		--bids-root $(DEMO_DIR)/bids --oracle $(VOLUME_DIR)/oracle.npz
+	$(BIN)/generate --model $(VOLUME_DIR)/runs/cgan --quiet \
+		--meg $(DEMO_DIR)/bids/sub-12/meg/sub-12_task-RDR_run-6_meg.fif \
+		--events $(DEMO_DIR)/bids/sub-12/meg/sub-12_task-RDR_run-6_events.tsv \
+		--out $(VOLUME_DIR)/generated/sub-12_task-RDR_run-6_desc-meg2fmri_bold.nii.gz
+	@echo "demo-volume: results $(VOLUME_DIR)/eval/results.md; r and R^2 maps $(VOLUME_DIR)/eval/maps/; mask $(VOLUME_DIR)/ingest/mask.nii.gz"
+	@echo "demo-volume: synthetic BOLD from sub-12's story-6 MEG: $(VOLUME_DIR)/generated/"
+
 # After `make demo`: the paper's protocol end to end on the demo's data: --pairing paper (one pair per
 # run, the paper's 0.64-s channel-mean features and its slice choice, made on training runs only), raw
 # image targets, the paper's schedule (125 epochs, lr halved every 20) and reconstruction weight (1),
@@ -104,4 +132,4 @@ test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(VOLUME_DIR) .pytest_cache

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--min-seconds", type=float, default=0.3,
                         help="each repeat runs whole epochs until this much time has passed")
     loader.add_argument("--paper-samples", type=int, default=4, help="samples timed for paper_style")
+    loader.add_argument("--target", choices=["slice", "volume"], default="slice",
+                        help="samples' fMRI: the paper's 32x32 slice, or every voxel in the brain mask "
+                             "(float16; the bench preset's 106x106x72 grid, ds004078's MNI in-mask size)")
     loader.add_argument("--png", type=Path, default=None,
                         help="bar chart (default: beside --json, or WORK/bench-loader.png)")
     train = sub.add_parser("train", help="training samples/s: loader local vs S3 vs in-memory tensors",
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_options(train, "folder for the demo dataset and its shards (shared with bench loader)")
     train.add_argument("--steps", type=int, default=200, help="training steps timed per configuration")
     train.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    train.add_argument("--target", choices=["slice", "volume"], default="slice",
+                       help="slice (the paper's cGAN) or volume (low-rank head and vector critic)")
     for name, issue in PENDING.items():
         sub.add_parser(name, help=f"not implemented yet (issue #{issue})")
     for one in sub.choices.values():
@@ -67,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "train":
         from .train_bench import run
 
-        rows, notes = run(args.work, args.bids_root, args.steps, args.repeats)
+        rows, notes = run(args.work, args.bids_root, args.steps, args.repeats, args.target)
     elif args.which == "loader":
         from .loader_bench import run
 
         png = args.png or (args.json.with_suffix(".png") if args.json else args.work / "bench-loader.png")
-        rows, notes = run(args.work, args.bids_root, args.repeats, args.min_seconds, args.paper_samples, png)
+        rows, notes = run(args.work, args.bids_root, args.repeats, args.min_seconds, args.paper_samples, png,
+                          args.target)
     else:
         from .ingest_bench import run
 

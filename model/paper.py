@@ -57,7 +57,10 @@ def paper_protocol(config: EvalConfig) -> dict:
     if train is None:
         raise InputError(f"{config.shards}: the index has no training samples")
     mean_image = train.fmri.mean(axis=0)
-    width, size = train.meg.shape[1], train.fmri.shape[1]
+    if index.target["kind"] != "slice":
+        raise InputError(f"{config.shards}: the paper's protocol scores slices (MSE and SSIM of images); "
+                         f"these shards hold {index.target['kind']} targets")
+    width, target = train.meg.shape[1], index.target_layout
     models = model_runs(config)
     rng = np.random.default_rng(config.seed)
     sets = {}
@@ -66,7 +69,7 @@ def paper_protocol(config: EvalConfig) -> dict:
         if ev is None:
             continue
         rows = []
-        predictions = {m: generator_predictions(f, ev.meg, width, size) for m, f in models.items()}
+        predictions = {m: generator_predictions(f, ev.meg, width, target) for m, f in models.items()}
         predictions["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape)
         for method, pred in predictions.items():
             scores = paper_scores(pred, ev.fmri)

@@ -275,6 +275,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     if not config.resume and path.exists():
         raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
     state = load_checkpoint(path, width, target, config.smooth) if config.resume else None
+    if state is not None:
+        loader.load_state_dict(state["loader"])  # checks the shards are the ones it was trained on
     means = training_means(config, target)  # after the checks above: bad inputs fail before any pass
     head, head_choice = None, None
     if target.kind != "slice":
@@ -296,7 +298,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         critic.load_state_dict(state["critic"])
         for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
             obj.load_state_dict(state[key])
-        loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         step = state["step"]
     deviations = means.to(device) if config.target == "deviation" else None

@@ -55,6 +55,19 @@ def test_volume_targets_are_the_in_mask_voxels_of_the_paired_volume(volume_inges
         data, _ = normalised_run(tiny_root, sample.meta["subject"], sample.meta["run"])
         expected = data[..., sample.meta["fmri_volume"]][mask]
         assert np.abs(sample.fmri.astype(np.float64) - expected).max() <= 2.0**-12 + 1e-6
+    # plain webdataset reads the same members
+    import gc
+    import warnings
+
+    import webdataset as wds
+
+    with warnings.catch_warnings():  # webdataset 1.0 leaves a consumed shard's file to the collector
+        warnings.simplefilter("ignore", ResourceWarning)
+        first = list(wds.WebDataset(str(volume_ingested / entry.name), shardshuffle=False,
+                                    empty_check=False).decode())[0]
+        gc.collect()
+    assert first["fmri.npy"].dtype == np.float16 and first["fmri.npy"].shape == (int(mask.sum()),)
+    np.testing.assert_array_equal(first["fmri.npy"], samples[0].fmri)
     # the loader gives (B, voxels) float16, the bytes the shard holds
     batch = next(iter(ShardLoader(str(volume_ingested), "test")))
     assert batch["fmri"].dtype == torch.float16 and batch["fmri"].shape[1] == int(mask.sum())

@@ -107,8 +107,9 @@ def test_torchrun_ddp_training_on_cpu(ingested, tmp_path):
 def test_deviation_targets_give_every_run_the_mean_anatomy(ingested):
     from meg2fmri.loader import ShardLoader, StreamConfig
     from meg2fmri.model.train import training_means
+    from meg2fmri.shards.format import TargetLayout
 
-    means = training_means(TrainConfig(shards=str(ingested), out=""), 32)
+    means = training_means(TrainConfig(shards=str(ingested), out=""), TargetLayout.slice_of(32))
     stream = StreamConfig(batch_size=80, shuffle=False, meta=True)
     loader = ShardLoader(ingested, "train", stream, device="cpu")
     batch = next(iter(loader))
@@ -125,12 +126,13 @@ def test_deviation_targets_give_every_run_the_mean_anatomy(ingested):
 
 def test_training_means_read_the_whole_split_on_every_rank(ingested, monkeypatch):
     from meg2fmri.model.train import training_means
+    from meg2fmri.shards.format import TargetLayout
 
     config = TrainConfig(shards=str(ingested), out="")
-    alone = training_means(config, 32)
+    alone = training_means(config, TargetLayout.slice_of(32))
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets: the loader would take rank 1's half
-    on_rank = training_means(config, 32)
+    on_rank = training_means(config, TargetLayout.slice_of(32))
     assert torch.equal(alone.image, on_rank.image) and torch.equal(alone.run_of, on_rank.run_of)
     assert torch.equal(alone.run_offsets, on_rank.run_offsets)
 
