@@ -25,7 +25,7 @@ from scipy.stats import false_discovery_control
 
 from meg2fmri.loader import StoreConfig, open_store, storage
 
-from .stats import standardise
+from .stats import shift_tables, standardise
 
 FDR_Q = 0.05
 SYNTH_TRUTH = "derivatives/synth"
@@ -68,9 +68,7 @@ def voxel_shift_p(pred: np.ndarray, real: np.ndarray, by_run: list[np.ndarray], 
     for g in by_run:
         if len(g) < 2 * min_shift + 1:
             continue
-        p, r = pred[g], real[g]
-        tables.append(np.stack([(standardise(p[: len(p) - s]) * standardise(r[s:])).sum(axis=0)
-                                for s in range(len(p) - min_shift + 1)]).astype(np.float32))
+        tables.append(shift_tables(pred[g], real[g])[: len(g) - min_shift + 1].astype(np.float32))
     if not tables:
         return np.full(pred.shape[1], np.nan)
     observed = np.mean([t[0] for t in tables], axis=0)

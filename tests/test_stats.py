@@ -114,3 +114,17 @@ def test_grouped_folds_validate_on_subjects_and_stories_their_training_part_neve
         assert not set(subjects[train]) & set(subjects[valid])
     with pytest.raises(ValueError, match="at least 2"):
         grouped_folds(np.zeros(5), np.ones(5))
+
+
+def test_shift_tables_equal_r_over_each_overlap():
+    """The FFT form of the non-circular shift null gives, per pixel and shift, the Pearson r of the
+    overlapping samples, and 0 for a constant column (as ``standardise`` does)."""
+    from meg2fmri.model.stats import shift_tables, standardise
+
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal((40, 7)).cumsum(axis=0).astype(np.float32)
+    real = (pred + rng.standard_normal((40, 7))).astype(np.float32)
+    pred[:, 3] = 0.7
+    expected = np.array([(standardise(pred[: 40 - s]) * standardise(real[s:])).sum(axis=0) for s in range(40)])
+    np.testing.assert_allclose(shift_tables(pred, real), expected, atol=1e-10)
+    assert (shift_tables(pred, real)[:, 3] == 0).all()
