@@ -125,6 +125,7 @@ def test_shift_tables_equal_r_over_each_overlap():
     pred = rng.standard_normal((40, 7)).cumsum(axis=0).astype(np.float32)
     real = (pred + rng.standard_normal((40, 7))).astype(np.float32)
     pred[:, 3] = 0.7
-    expected = np.array([(standardise(pred[: 40 - s]) * standardise(real[s:])).sum(axis=0) for s in range(40)])
+    expected = np.array([(standardise(pred[: 40 - s]) * standardise(real[s:])).sum(axis=0)
+                         for s in range(40)])
     np.testing.assert_allclose(shift_tables(pred, real), expected, atol=1e-10)
     assert (shift_tables(pred, real)[:, 3] == 0).all()
