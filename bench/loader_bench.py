@@ -147,6 +147,33 @@ def s3_raw_epochs(endpoint: str, bucket: str, keys: list[str], samples: int, thr
     return {"boto3": with_boto3, f"boto3_{threads}threads": with_boto3_threads, "s3fs": with_s3fs}
 
 
+def cuda_rows(shards: Path, payload: int, repeats: int, min_seconds: float) -> tuple[dict, float]:
+    """On a GPU: the loader's delivery to the device (pinned buffers, side-stream copies, every batch
+    synchronised at the end of an epoch) and ``copy_`` of pinned host memory of a batch's bytes to
+    the device, the host-to-device ceiling. Returns (loader samples/s, pinned copy MB/s)."""
+    device = torch.device("cuda")
+    loader = ShardLoader(shards, "train", StreamConfig(batch_size=256), device=device)
+
+    def epoch() -> int:
+        loader.set_epoch(loader.epoch)
+        n = 0
+        for batch in loader:
+            n += len(batch["index"])
+        torch.cuda.synchronize()
+        return n
+    value, _ = rate(epoch, repeats, min_seconds)
+    host = torch.empty(256 * payload, dtype=torch.uint8).pin_memory()
+    target = torch.empty_like(host, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return value, host.numel() / 1e6 / statistics.median(times[1:])
+
+
 def zarr_epoch(path: Path, batch_size: int):
     loader = torch.utils.data.DataLoader(ZarrSamples(path, "train"), batch_size=batch_size, shuffle=True,
                                          collate_fn=collate_batch)
@@ -295,6 +322,11 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
 
     memcpy = memcpy_mb_per_s(repeats)
     rows.append(row("memcpy", 256 * 2**20 / 1e6 / memcpy, memcpy, "MB/s", mb_per_s=memcpy))
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = cuda_rows(shards, payload, repeats, min_seconds)
+        add("loader_cuda_b256", gpu[0], [], batch_size=256)
+        rows.append(row("h2d_pinned_copy", 256 * payload / 1e6 / gpu[1], gpu[1], "MB/s", mb_per_s=gpu[1]))
 
     c, local_mb = rates["loader_local"], rates["loader_local"] * payload / 1e6
     # whole-brain samples are large: the targets are bandwidth ones (issue 11)
@@ -312,6 +344,12 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
         f"loader_local payload = {local_mb:.0f} MB/s = {local_mb / memcpy:.0%} of memcpy (target >= "
         f"{70 if volume else 25}%); at batch 256: {rates['loader_local_b256'] * payload / 1e6 / memcpy:.0%}",
     ]
+    if gpu is not None:
+        delivered = gpu[0] * payload / 1e6
+        notes.append(f"loader to {torch.cuda.get_device_name()} at batch 256 = {delivered:.0f} MB/s "
+                     f"= {delivered / gpu[1]:.0%} of pinned copy_ ({gpu[1]:.0f} MB/s)")
+    else:
+        notes.append("no CUDA device here: the GPU prefetcher's host-to-device rows were not measured")
     if png is not None:
         bar_chart(rows, png)
         notes.append(f"chart: {png}")

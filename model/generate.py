@@ -13,6 +13,9 @@ min-max normalised over a run to [0, 1] (a new subject's scanner scale is unknow
 
 each with a JSON sidecar in the style of a BIDS derivative (``desc-meg2fmri`` in the default name:
 sources, model, lag, features, timing) and a PNG montage.
+
+The one place ``model/`` imports ``ingest/`` (upstream, as imports flow): a recording must go
+through the very preprocessing the model was trained on.
 """
 
 from __future__ import annotations
