@@ -19,12 +19,13 @@ import torch
 
 from meg2fmri.shards.errors import IntegrityError, ShardReadError
 
+from .buffers import BufferPool
 from .decode import SampleLayout, ShardArrays, shard_arrays
-from .kernels import gather_rows
+from .kernels import gather
 from .plan import EpochPlan, epoch_plan, worker_batches
 from .storage import LocalStore, S3Store
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+CHUNK_BYTES = 64 << 20  # payload gathered per round, at most (at least one batch)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class StreamConfig:
     chunk_samples: int = 2048  # samples gathered per round (latency vs per-call overhead)
     lookahead: int = 2  # shards fetched ahead of use
     fetch_threads: int = 2  # concurrent shard reads (S3 GETs) per process
+    gather_threads: int = 2  # threads copying whole-brain rows into a batch (GIL released)
 
     def __post_init__(self):
         if self.on_corrupt not in ("raise", "skip"):
@@ -67,6 +69,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         # Remote shards are fetched again each epoch and released after their last use.
         self.opened: dict[int, ShardArrays] = {}
         self.keep_open = isinstance(store, LocalStore)
+        self._pools: dict[tuple[int, bool], BufferPool] = {}
 
     def __len__(self) -> int:  # batches per rank per epoch (the same on every rank)
         return self.plan().batches
@@ -84,6 +87,13 @@ class ShardDataset(torch.utils.data.IterableDataset):
         for chunk in self.chunks():
             yield from chunk
 
+    def _pool(self, pin: bool) -> BufferPool:
+        """This process's buffer pool (a pool inherited through fork() is not shared: rebuilt)."""
+        key = (os.getpid(), pin)
+        if key not in self._pools:
+            self._pools[key] = BufferPool(pin)
+        return self._pools[key]
+
     def chunks(self) -> Iterator[list[dict]]:
         """This worker's batches, a gathered chunk (``chunk_samples``) at a time."""
         info = torch.utils.data.get_worker_info()
@@ -91,10 +101,12 @@ class ShardDataset(torch.utils.data.IterableDataset):
         plan = self.plan()
         mine = list(worker_batches(plan.batches, self.start, worker, workers))
         chunks, current, filled = [], [], 0
+        # at most CHUNK_BYTES a round: whole-brain samples are 100s of KB (batches stay whole)
+        limit = max(1, min(self.config.chunk_samples, CHUNK_BYTES // self.layout.payload_bytes))
         for j in mine:
             current.append(j)
             filled += plan.bounds[j + 1] - plan.bounds[j]
-            if filled >= self.config.chunk_samples:
+            if filled >= limit:
                 chunks.append(current)
                 current, filled = [], 0
         if current:
@@ -119,23 +131,26 @@ class ShardDataset(torch.utils.data.IterableDataset):
             ids, slot = ids[keep], slot[keep]
         local = ids - self.starts[slot]
         n, lay = len(ids), self.layout
-        meg = torch.empty((n, lay.width), dtype=torch.float32, pin_memory=pin)
+        pool = self._pool(pin)  # reused buffers: a fresh one costs a page fault per 4 KB (buffers.py)
+        copiers = gather_pool(self.config.gather_threads) if self.config.gather_threads > 1 else None
+        meg_np = pool.array((n, lay.width), np.float32)
         target = lay.target  # slices as (B, 1, S, S) images; voxels and parcels as (B, values)
         shape = (1, *target.shape) if target.kind == "slice" else target.shape
-        fmri = torch.empty((n, *shape), dtype=TORCH_DTYPES[target.dtype], pin_memory=pin)
-        meg_np = meg.numpy()
-        # one kernel call per (shard, array) for the whole chunk: the rows it gives, and where they go;
         # float16 moves as its bits (uint16), which the kernel copies like any number
         bits = np.dtype(f"u{target.np_dtype.itemsize}") if target.dtype == "float16" else target.np_dtype
-        fmri_rows = fmri.numpy().reshape(n, target.values).view(bits)
+        fmri_rows = pool.array((n, target.values), bits)
+        meg = torch.from_numpy(meg_np)
+        fmri = torch.from_numpy(fmri_rows.view(target.np_dtype).reshape(n, *shape))
+        # one kernel call per (shard, array) for the whole chunk: the rows it gives, and where they go
         by_shard = np.argsort(slot, kind="stable")
         cuts = np.flatnonzero(np.diff(slot[by_shard])) + 1
         for positions in np.split(by_shard, cuts):
             if len(positions) == 0:
                 continue
             shard = arrays[slot[positions[0]]]
-            gather_rows(shard.meg, local[positions], positions, meg_np)
-            gather_rows(shard.pixels.view(bits), local[positions], positions, fmri_rows)
+            gather(shard.meg, local[positions], positions, meg_np)
+            gather(shard.pixels.view(bits), local[positions], positions, fmri_rows, copiers,
+                   self.config.gather_threads)
         index = torch.from_numpy(ids)
         edges = np.concatenate([[0], np.cumsum(sizes)])
         batches = []
@@ -149,6 +164,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def gather_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's row-copying threads (see ``kernels.gather``)."""
+    key = (os.getpid(), -threads)  # beside the fetch pools, never one of them
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard-gather")
+    return _POOLS[key]
 
 
 def fetch_pool(threads: int) -> ThreadPoolExecutor:

@@ -25,3 +25,33 @@ def gather_rows(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out
 def gather_rows_numpy(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
     """Reference for ``gather_rows``."""
     out[positions] = source[rows]
+
+
+ROW_COPY_BYTES = 16384  # rows at least this long are copied whole, one memcpy each
+SPLIT_BYTES = 4 << 20  # a call moving more than this is split over the caller's threads
+
+
+def _copy_rows(source: np.ndarray, rows: list[int], positions: list[int], out: np.ndarray) -> None:
+    for r, p in zip(rows, positions, strict=True):
+        out[p] = source[r]
+
+
+def gather(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.ndarray,
+           pool=None, threads: int = 1) -> None:
+    """``out[positions[i]] = source[rows[i]]``: short rows (MEG vectors, slices) through the numba
+    loop, long ones (whole-brain voxels, 100s of KB) one numpy row copy each, which is a memcpy
+    (measured on strided 600-KB rows: 9-11 GB/s, the element loop 6.4 GB/s). numpy releases the GIL
+    for these copies, so a large call is split over ``threads`` of ``pool`` (an executor), whose
+    copies run in parallel (2 threads here: 13.7 GB/s against 9.3)."""
+    if source.shape[1] * source.itemsize < ROW_COPY_BYTES:
+        gather_rows(source, rows, positions, out)
+        return
+    rows, positions = rows.tolist(), positions.tolist()
+    if pool is None or threads < 2 or len(rows) * source.shape[1] * source.itemsize < SPLIT_BYTES:
+        _copy_rows(source, rows, positions, out)
+        return
+    step = -(-len(rows) // threads)
+    parts = [pool.submit(_copy_rows, source, rows[i:i + step], positions[i:i + step], out)
+             for i in range(0, len(rows), step)]
+    for part in parts:
+        part.result()
