@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 KEEP_PER_SIZE = 4  # free blocks kept per size (more are released to the allocator)
+KEEP_BYTES = 1 << 30  # and at most this much free memory in all, per pool
 
 
 class _Lease:
@@ -37,6 +38,7 @@ class BufferPool:
     def __init__(self, pin: bool = False):
         self.pin = pin
         self.free: dict[int, list[torch.Tensor]] = {}
+        self.kept = 0  # bytes in the free lists
         self.lock = threading.Lock()
 
     def __getstate__(self) -> dict:  # a pool travels (spawned workers) empty, with a new lock
@@ -50,6 +52,7 @@ class BufferPool:
         with self.lock:
             blocks = self.free.get(nbytes)
             block = blocks.pop() if blocks else None
+            self.kept -= 0 if block is None else nbytes
         if block is None:
             block = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
         lease = _Lease(block)
@@ -59,8 +62,9 @@ class BufferPool:
     def _release(self, block: torch.Tensor) -> None:
         with self.lock:
             blocks = self.free.setdefault(block.numel(), [])
-            if len(blocks) < KEEP_PER_SIZE:
+            if len(blocks) < KEEP_PER_SIZE and self.kept + block.numel() <= KEEP_BYTES:
                 blocks.append(block)
+                self.kept += block.numel()
 
     def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype`` from the pool."""

@@ -29,6 +29,8 @@ import numpy as np
 from meg2fmri.shards.errors import InputError, ShardIntegrityError, ShardReadError
 from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, check_shard, read_index, write_atomic
 
+from .buffers import BufferPool
+
 READ_CHUNK = 1 << 20  # bytes per socket read; each is hashed while the next one arrives
 _HASHERS: dict[int, ThreadPoolExecutor] = {}
 
@@ -205,7 +207,7 @@ class S3Store:
     def _read_body(self, key: str, raw, length: int, size: int | None) -> tuple[np.ndarray, str]:
         if size is not None and length != size:
             raise ShardIntegrityError(f"s3://{self.bucket}/{key}: {length} bytes, the index says {size}")
-        buf = np.empty(length, dtype=np.uint8)
+        buf = body_pool().take(length)  # reused: a fresh 50-MB buffer costs as much as its download
         view, got, digest = memoryview(buf), 0, hashlib.sha256()
         hashed = []  # one hashing thread, fed in order, runs while the next chunk arrives
         try:
@@ -240,6 +242,16 @@ class S3Store:
             self._verified.add(entry.sha256)
             evict(Path(cache), self.config.cache_limit_bytes)
         return buf
+
+
+_BODY_POOLS: dict[int, BufferPool] = {}
+
+
+def body_pool() -> BufferPool:
+    """This process's pool of object-body buffers (see ``buffers.py``)."""
+    if os.getpid() not in _BODY_POOLS:
+        _BODY_POOLS[os.getpid()] = BufferPool()
+    return _BODY_POOLS[os.getpid()]
 
 
 def evict(cache: Path, limit: int | None) -> None:
