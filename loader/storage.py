@@ -108,6 +108,8 @@ class S3Store:
         self._client, self._pid = None, None
         self._http, self._http_pid = None, None
         self._verified: set[str] = set()
+        self.etags: dict[str, str | None] = {}  # key -> ETag of its last GET
+        self.hashed: dict[str, str] = {}  # key -> ETag whose bytes matched the index's sha256
 
     @property
     def url(self) -> str:
@@ -138,15 +140,17 @@ class S3Store:
         """An object beside the index (e.g. the volume targets' ``mask.nii.gz``)."""
         return bytes(self.get(self.key(name), None)[0])
 
-    def get(self, key: str, size: int | None) -> tuple[np.ndarray, str]:
+    def get(self, key: str, size: int | None, known_etag: str | None = None) -> tuple[np.ndarray, str | None]:
         """The object's bytes and sha256, retried with exponential backoff; ``ShardReadError`` after the
-        last try. The hash is computed as the bytes arrive (hashlib releases the GIL), hiding its cost."""
+        last try. The hash is computed as the bytes arrive (hashlib releases the GIL), hiding its cost;
+        it is skipped (None) when the object's ETag is ``known_etag``: the same object version whose
+        bytes this process has already hashed (S3 gives an overwritten object a new ETag)."""
         from botocore.exceptions import ClientError
 
         url, wait, last = f"s3://{self.bucket}/{key}", self.config.backoff_s, None
         for attempt in range(self.config.retries + 1):
             try:
-                return self._get_once(key, size)
+                return self._get_once(key, size, known_etag)
             except ClientError as err:
                 code = err.response.get("Error", {}).get("Code", "")
                 if code in ("NoSuchKey", "404", "NoSuchBucket"):
@@ -167,7 +171,7 @@ class S3Store:
         raise ShardReadError(f"{url}: could not be read after {self.config.retries + 1} attempts "
                              f"({type(last).__name__}: {last}); is the S3 endpoint reachable?")
 
-    def _get_once(self, key: str, size: int | None) -> tuple[np.ndarray, str]:
+    def _get_once(self, key: str, size: int | None, known_etag: str | None) -> tuple[np.ndarray, str | None]:
         """One GET. With credentials, a presigned URL fetched over a pooled urllib3 connection: the
         same request botocore would send, without its per-request machinery (0.5-0.7 ms a request
         against moto here, a third of a 660 kB shard's time); anonymous access goes through botocore."""
@@ -178,12 +182,18 @@ class S3Store:
             url = self.client().generate_presigned_url("get_object", Params=params, ExpiresIn=3600)
         except NoCredentialsError:
             response = self.client().get_object(**params)
-            return self._read_body(key, response["Body"]._raw_stream, int(response["ContentLength"]), size)
+            etag = response.get("ETag")
+            self.etags[key] = etag
+            return self._read_body(key, response["Body"]._raw_stream, int(response["ContentLength"]), size,
+                                   known_etag is None or etag != known_etag)
         response = self._pool().request("GET", url, preload_content=False, retries=False, redirect=False)
         try:
             if response.status != 200:
                 self._raise_for_status(key, response)
-            return self._read_body(key, response, int(response.headers["Content-Length"]), size)
+            etag = response.headers.get("ETag")
+            self.etags[key] = etag
+            return self._read_body(key, response, int(response.headers["Content-Length"]), size,
+                                   known_etag is None or etag != known_etag)
         finally:
             response.release_conn()
 
@@ -204,7 +214,8 @@ class S3Store:
             self._http, self._http_pid = urllib3.PoolManager(maxsize=16, timeout=timeout), os.getpid()
         return self._http
 
-    def _read_body(self, key: str, raw, length: int, size: int | None) -> tuple[np.ndarray, str]:
+    def _read_body(self, key: str, raw, length: int, size: int | None,
+                   hashing: bool = True) -> tuple[np.ndarray, str | None]:
         if size is not None and length != size:
             raise ShardIntegrityError(f"s3://{self.bucket}/{key}: {length} bytes, the index says {size}")
         buf = body_pool().take(length)  # reused: a fresh 50-MB buffer costs as much as its download
@@ -216,12 +227,13 @@ class S3Store:
                 if not n:
                     raise ShardReadError(f"s3://{self.bucket}/{key}: connection ended after {got} "
                                          f"of {length} bytes")
-                hashed.append(_hasher().submit(digest.update, view[got:got + n]))
+                if hashing:
+                    hashed.append(_hasher().submit(digest.update, view[got:got + n]))
                 got += n
         finally:
             for future in hashed:
                 future.result()
-        return buf, digest.hexdigest()
+        return buf, digest.hexdigest() if hashing else None
 
     def shard(self, entry: ShardEntry) -> np.ndarray:
         cache = self.config.cache_dir
@@ -232,10 +244,15 @@ class S3Store:
                 first_use = entry.sha256 not in self._verified
                 return map_checked(path, entry, verify=self.config.verify and first_use,
                                    verified=self._verified)
-        buf, digest = self.get(self.key(entry.name), entry.bytes)
-        if digest != entry.sha256:
-            raise ShardIntegrityError(f"s3://{self.bucket}/{self.key(entry.name)}: sha256 {digest[:12]}... "
-                                      f"does not match the index ({entry.sha256[:12]}...): corrupt upload")
+        key = self.key(entry.name)
+        known = self.hashed.get(key)  # (etag) of this shard's bytes already hashed in this process
+        buf, digest = self.get(key, entry.bytes, known)
+        if digest is not None:  # None: the very object version hashed before (same ETag), size checked
+            if digest != entry.sha256:
+                raise ShardIntegrityError(f"s3://{self.bucket}/{key}: sha256 {digest[:12]}... does not match "
+                                          f"the index ({entry.sha256[:12]}...): corrupt upload")
+            if self.etags.get(key):
+                self.hashed[key] = self.etags[key]
         if cache is not None:
             Path(cache).mkdir(parents=True, exist_ok=True)
             write_atomic(Path(cache) / f"{entry.sha256}.tar", buf.tobytes())

@@ -167,3 +167,27 @@ def test_torchrun_gloo_ranks_see_disjoint_complete_splits(ingested, tmp_path):
     expected = sorted(s.key for e in read_index(ingested).shards if e.split == "train"
                       for s in read_shard(ingested / e.name))
     assert sorted(ranks[0]["keys"] + ranks[1]["keys"]) == expected
+
+
+def test_s3_shards_are_hashed_once_per_object_version(s3_server, ingested, tmp_path):
+    """Each S3 shard's sha256 is checked on its first download in a process; later epochs skip the
+    hash only while the object's ETag is the one whose bytes matched. An object overwritten between
+    epochs (same size, one flipped byte) has a new ETag, is hashed again and is named."""
+    import boto3
+
+    url = upload_folder(s3_server, ingested, "meg2fmri-etag", "tiny")
+    options = StoreConfig(storage_options={"endpoint_url": s3_server})
+    loader = ShardLoader(url, "train", StreamConfig(batch_size=16), options, device="cpu")
+    first = [b["index"] for b in loader]
+    store = loader.store
+    train = [e for e in loader.index.shards if e.split == "train"]
+    assert set(store.hashed) == {store.key(e.name) for e in train}
+    loader.set_epoch(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, [b["index"] for b in loader], strict=True))
+    damaged = bytearray((ingested / train[0].name).read_bytes())
+    damaged[5000] ^= 0x01
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.put_object(Bucket="meg2fmri-etag", Key=store.key(train[0].name), Body=bytes(damaged))
+    loader.set_epoch(1)
+    with pytest.raises(ShardIntegrityError, match=rf"{train[0].name}: sha256 .* corrupt upload"):
+        drain(loader)
