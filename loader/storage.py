@@ -151,6 +151,8 @@ class S3Store:
         for attempt in range(self.config.retries + 1):
             try:
                 return self._get_once(key, size, known_etag)
+            except ShardIntegrityError:  # a missing or wrong-sized object: no retry will change it
+                raise
             except ClientError as err:
                 code = err.response.get("Error", {}).get("Code", "")
                 if code in ("NoSuchKey", "404", "NoSuchBucket"):

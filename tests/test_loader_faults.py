@@ -191,3 +191,31 @@ def test_s3_shards_are_hashed_once_per_object_version(s3_server, ingested, tmp_p
     loader.set_epoch(1)
     with pytest.raises(ShardIntegrityError, match=rf"{train[0].name}: sha256 .* corrupt upload"):
         drain(loader)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "missing"])
+def test_s3_integrity_faults_are_named_at_once_and_skippable(s3_server, ingested, fault):
+    """An S3 shard that is shorter than the index says, or gone, is a ``ShardIntegrityError`` naming
+    the object (not retried as if the network had failed, which ends in ``ShardReadError``); with
+    ``on_corrupt="skip"`` its samples are left out and counted, and the epoch goes on."""
+    import boto3
+
+    bucket = f"meg2fmri-{fault}"
+    url = upload_folder(s3_server, ingested, bucket, "tiny")
+    entry = next(e for e in read_index(ingested).shards if e.split == "train")
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    key = f"tiny/{entry.name}"
+    if fault == "truncated":
+        client.put_object(Bucket=bucket, Key=key, Body=(ingested / entry.name).read_bytes()[:-512])
+    else:
+        client.delete_object(Bucket=bucket, Key=key)
+    options = StoreConfig(storage_options={"endpoint_url": s3_server}, retries=3, backoff_s=0.01)
+    loader = ShardLoader(url, "train", StreamConfig(batch_size=16), options, device="cpu")
+    why = "bytes, the index says" if fault == "truncated" else "no such object"
+    with pytest.raises(ShardIntegrityError, match=rf"s3://{bucket}/{key}: .*{why}"):
+        drain(loader)
+    skipping = ShardLoader(url, "train", StreamConfig(batch_size=16, on_corrupt="skip"), options, device="cpu")
+    with pytest.warns(UserWarning, match=f"skipping {entry.count} samples of {entry.name}"):
+        delivered = sum(len(b["index"]) for b in skipping)
+    assert skipping.skipped == entry.count
+    assert delivered == read_index(ingested).count("train") - entry.count
