@@ -214,7 +214,8 @@ def test_s3_integrity_faults_are_named_at_once_and_skippable(s3_server, ingested
     why = "bytes, the index says" if fault == "truncated" else "no such object"
     with pytest.raises(ShardIntegrityError, match=rf"s3://{bucket}/{key}: .*{why}"):
         drain(loader)
-    skipping = ShardLoader(url, "train", StreamConfig(batch_size=16, on_corrupt="skip"), options, device="cpu")
+    skip = StreamConfig(batch_size=16, on_corrupt="skip")
+    skipping = ShardLoader(url, "train", skip, options, device="cpu")
     with pytest.warns(UserWarning, match=f"skipping {entry.count} samples of {entry.name}"):
         delivered = sum(len(b["index"]) for b in skipping)
     assert skipping.skipped == entry.count
