@@ -186,8 +186,12 @@ class S3Store:
             response = self.client().get_object(**params)
             etag = response.get("ETag")
             self.etags[key] = etag
-            return self._read_body(key, response["Body"]._raw_stream, int(response["ContentLength"]), size,
-                                   known_etag is None or etag != known_etag)
+            try:
+                return self._read_body(key, response["Body"]._raw_stream, int(response["ContentLength"]),
+                                       size, known_etag is None or etag != known_etag)
+            except BaseException:
+                response["Body"].close()  # a body left unread: do not hand its connection back
+                raise
         response = self._pool().request("GET", url, preload_content=False, retries=False, redirect=False)
         try:
             if response.status != 200:
@@ -196,6 +200,9 @@ class S3Store:
             self.etags[key] = etag
             return self._read_body(key, response, int(response.headers["Content-Length"]), size,
                                    known_etag is None or etag != known_etag)
+        except BaseException:
+            response.close()  # a body left unread: close the connection rather than reuse it
+            raise
         finally:
             response.release_conn()
 
