@@ -10,8 +10,10 @@ concatenated in index order (shard 0's samples are ids ``0..count0-1``, and so o
 3. within a rank slice, consecutive windows of ``shuffle_buffer`` samples, each permuted from
    ``(seed, epoch, rank, window)``: the bounded in-memory shuffle buffer;
 4. the rank's sequence cut into ``batches_per_rank`` batches, the same number on every rank (so DDP
-   never waits on a rank that ran out): full batches, then the remainder; the last batch is never
-   empty while the rank has at least as many samples as batches;
+   never waits on a rank that ran out): full batches, then the remainder. **No batch is ever empty**:
+   a rank one sample short takes one sample from its second-last batch into its last; where the
+   batch size is 1 the count is the smallest rank's share and the larger ranks' last batch holds 2
+   (every sample still once); a split with fewer samples than ranks is refused;
 5. batch ``j`` (counting from the resume position ``start``) is made by DataLoader worker
    ``(j - start) % num_workers``, which is the order torch's DataLoader interleaves worker output in,
    so the stream a trainer sees does not depend on the number of workers.
@@ -58,19 +60,23 @@ def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def batches_per_rank(n: int, world: int, batch_size: int) -> int:
-    """The same on every rank: enough batches for the largest rank slice (at least one)."""
-    largest = -(-n // world)
-    return max(1, -(-largest // batch_size))
+    """The same on every rank: enough batches for the largest rank slice, but never more than the
+    smallest slice has samples, so that no rank ever yields an empty batch (with ``batch_size`` 1 and
+    a rank one sample short, the larger ranks' last batch then holds 2). A split with fewer samples
+    than ranks cannot feed every rank and is refused."""
+    largest, smallest = -(-n // world), n // world
+    if smallest == 0:
+        raise ValueError(f"{n} sample(s) cannot give each of {world} ranks one; use fewer ranks or "
+                         "more data")
+    return min(max(1, -(-largest // batch_size)), smallest)
 
 
 def batch_bounds(n_rank: int, n_batches: int, batch_size: int) -> np.ndarray:
-    """Cut ``n_rank`` samples into ``n_batches`` batches of at most ``batch_size``."""
+    """Cut ``n_rank >= n_batches`` samples into ``n_batches`` non-empty batches of ``batch_size``
+    (the last one the remainder; one sample more where ``batches_per_rank`` capped the count)."""
     sizes = np.full(n_batches, batch_size, dtype=np.int64)
     sizes[-1] = n_rank - batch_size * (n_batches - 1)
-    if sizes[-1] < 0:  # only when this rank has fewer samples than the plan's batches
-        sizes = np.zeros(n_batches, dtype=np.int64)
-        sizes[:n_rank] = 1
-    elif sizes[-1] == 0 and n_batches > 1 and batch_size > 1:
+    if sizes[-1] == 0 and n_batches > 1 and batch_size > 1:
         sizes[-2] -= 1  # a rank one sample short: keep its last batch non-empty
         sizes[-1] = 1
     return np.concatenate([[0], np.cumsum(sizes)])

@@ -110,15 +110,21 @@ class ShardLoader:
         ds.epoch, ds.start = self.epoch, self.position
         sizes = ds.plan().sizes()
         if self.num_workers > 0:
-            batches = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                                                  pin_memory=self.device.type == "cuda",
-                                                  prefetch_factor=max(2, self.prefetch))
+            batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                                       pin_memory=self.device.type == "cuda",
+                                                       prefetch_factor=max(2, self.prefetch)))
         else:  # gather in a background thread, whole chunks at a time (one hand-over per chunk)
             batches = (batch for chunk in background(ds.chunks(), self.prefetch) for batch in chunk)
         prefetcher = DevicePrefetcher(batches, self.device, depth=self.prefetch)
-        for batch in prefetcher:
-            self.skipped += int(sizes[self.position]) - len(batch["index"])
-            self.position += 1
-            yield batch
+        try:
+            for batch in prefetcher:
+                self.skipped += int(sizes[self.position]) - len(batch["index"])
+                self.position += 1
+                yield batch
+        finally:  # a worker raised, or the caller stopped early: end the worker processes now, not
+            # when the traceback that references this iterator is collected
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         if self.position >= len(sizes):
             self.epoch, self.position = self.epoch + 1, 0

@@ -55,6 +55,18 @@ def test_truncated_shard_is_named(shard_copy, capsys):
     assert "BAD  shards/train-000002.tar (20 samples)" in capsys.readouterr().out
 
 
+def test_a_worker_that_raised_releases_every_worker_at_once(shard_copy):
+    """While the error (and its traceback) is still held, no DataLoader worker process is left."""
+    import multiprocessing
+
+    path = shard_copy / "shards/train-000000.tar"
+    path.write_bytes(path.read_bytes()[:-3000])
+    with pytest.raises(ShardIntegrityError) as caught:
+        drain(ShardLoader(shard_copy, "train", device="cpu", num_workers=2))
+    assert caught.value is not None  # the traceback stays referenced through the assertion below
+    assert multiprocessing.active_children() == []
+
+
 def test_damaged_header_is_caught_without_sha256(shard_copy):
     flip_byte(shard_copy / "shards/train-000000.tar", 257)  # the first member's ustar magic
     with pytest.raises(ShardIntegrityError, match=r"train-000000\.tar: a meg\.npy tar header is damaged"):

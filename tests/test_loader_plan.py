@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from meg2fmri.loader.kernels import gather_rows, gather_rows_numpy
@@ -29,6 +30,7 @@ def rank_plans(p: dict):
 @settings(max_examples=300, deadline=None)
 @given(plans)
 def test_every_sample_once_and_equal_batches_on_every_rank(p):
+    assume(sum(p["counts"]) >= p["world"])  # fewer samples than ranks is refused (tested below)
     ranks = rank_plans(p)
     n = sum(p["counts"])
     ids = np.concatenate([plan.order for plan in ranks])
@@ -37,10 +39,24 @@ def test_every_sample_once_and_equal_batches_on_every_rank(p):
     assert ranks[0].batches == batches_per_rank(n, p["world"], p["batch_size"])
     for plan in ranks:
         sizes = plan.sizes()
-        assert sizes.sum() == len(plan.order) and (sizes <= p["batch_size"]).all()
-        if len(plan.order) >= plan.batches:
-            assert (sizes > 0).all(), "a batch is empty although the rank has samples to fill it"
+        assert sizes.sum() == len(plan.order) and (sizes > 0).all(), "no batch is ever empty"
+        assert (sizes[:-1] <= p["batch_size"]).all() and sizes[-1] <= p["batch_size"] + 1
+        if sizes[-1] > p["batch_size"]:  # only where the count was capped by the smallest rank
+            assert plan.batches == n // p["world"] < -(-n // p["world"])
         assert len(plan.order) - min(len(q.order) for q in ranks) <= 1
+
+
+def test_a_rank_one_sample_short_never_gets_an_empty_batch():
+    """Batch size 1, 5 samples on 2 ranks: 2 batches each (rank 0 has 2 samples), rank 1's last has 2;
+    batch size 4, 9 samples: rank 0 (4 samples) moves one into its last batch."""
+    ranks = [epoch_plan([5], seed=0, epoch=0, rank=r, world=2, batch_size=1, shuffle=False,
+                        shuffle_buffer=1) for r in range(2)]
+    assert [p.sizes().tolist() for p in ranks] == [[1, 1], [1, 2]]
+    four = [epoch_plan([9], seed=0, epoch=0, rank=r, world=2, batch_size=4, shuffle=False,
+                       shuffle_buffer=1) for r in range(2)]
+    assert [p.sizes().tolist() for p in four] == [[3, 1], [4, 1]]
+    with pytest.raises(ValueError, match="cannot give each of 3 ranks one"):
+        epoch_plan([2], seed=0, epoch=0, rank=0, world=3, batch_size=1, shuffle=False, shuffle_buffer=1)
 
 
 @settings(max_examples=200, deadline=None)
