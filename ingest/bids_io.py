@@ -1,7 +1,9 @@
 """Finding and reading the inputs of a ds004078-layout BIDS dataset.
 
-Runs are found with MNE-BIDS entity queries and paired by their BIDS entities (subject, run),
-never by directory order. The raw tree and the ``derivatives/preprocessed_data`` copies
+The dataset is a local folder or an ``s3://`` prefix (e.g. OpenNeuro's public
+``s3://openneuro.org/ds004078``), listed once; runs are paired by the BIDS entities MNE-BIDS parses
+from the file names (subject, run), never by directory order. The raw tree and the
+``derivatives/preprocessed_data`` copies
 (``sub-XX/MEG/`` tSSS+ICA FIF, ``sub-XX/MNI/`` bold) are both supported; fMRI events and sidecars
 always come from the raw tree, which is the only place they exist.
 """
@@ -10,88 +12,120 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import mne_bids
 
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import BidsInputError
+from meg2fmri.shards.format import RunId
 
 TASK = "RDR"
-PREPROCESSED = Path("derivatives") / "preprocessed_data"
+PREPROCESSED = "derivatives/preprocessed_data"
+DATA_SUFFIX = {"meg": "_meg.fif", "bold": "_bold.nii.gz"}
 
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files of one (subject, run); run N plays story N in both sessions."""
+    """The files of one (subject, run) in a dataset ``source`` (a folder or an ``s3://`` prefix);
+    paths are relative to it. Run N plays story N in both sessions."""
 
-    subject: str
-    run: int
-    meg: Path  # *_meg.fif
-    meg_events: Path  # *_events.tsv beside the FIF (may be missing: triggers are in STI101)
-    bold: Path  # *_bold.nii.gz
-    bold_json: Path  # raw-tree sidecar
-    bold_events: Path  # raw-tree func events.tsv: story onset and duration
+    source: Location
+    id: RunId
+    meg: str  # *_meg.fif
+    meg_events: str  # *_events.tsv beside the FIF (may be missing: triggers are in STI101)
+    bold: str  # *_bold.nii.gz
+    bold_json: str  # raw-tree sidecar
+    bold_events: str  # raw-tree func events.tsv: story onset and duration
+    stamps: dict = field(default_factory=dict, compare=False)  # "meg"/"bold": size and ETag or mtime
+
+    @property
+    def subject(self) -> str:
+        return self.id.subject
+
+    @property
+    def run(self) -> int:
+        return self.id.run
 
     @property
     def name(self) -> str:
-        return f"sub-{self.subject}_run-{self.run}"
+        return self.id.name
 
-    def inputs(self) -> list[Path]:
-        return [self.meg, self.bold]
+    def url(self, which: str) -> str:
+        """The full path or ``s3://`` URL of ``meg``, ``bold``, ``bold_json``, ..."""
+        return self.source.url_of(getattr(self, which))
+
+    def input_bytes(self) -> int:
+        """Bytes of the two data files (from the listing)."""
+        return sum(int(self.stamps[k]["bytes"]) for k in ("meg", "bold") if k in self.stamps)
 
 
-def _by_entities(root: Path, suffix: str, extension: str) -> dict[tuple[str, int], Path]:
-    found = {}
-    for path in mne_bids.find_matching_paths(root, tasks=TASK, suffixes=suffix, extensions=extension,
-                                             check=False):
-        if path.subject is None or path.run is None:
+def _data_files(source: Location, data_root: str, raw: bool) -> dict[str, dict[tuple[str, int], tuple]]:
+    """One recursive listing of ``data_root``: task-RDR MEG and BOLD files by (subject, run), each
+    with its relative path and listing info; entities parsed by MNE-BIDS from the file name."""
+    found: dict[str, dict[tuple[str, int], tuple]] = {"meg": {}, "bold": {}}
+    prefix = f"{data_root}/" if data_root else ""
+    for rel, info in source.find(data_root).items():
+        inner = rel[len(prefix):]
+        if not inner.startswith("sub-") or (raw and "/derivatives/" in f"/{inner}"):
             continue
-        found[(path.subject, int(path.run))] = Path(path.fpath)
+        filename = inner.rsplit("/", 1)[-1]
+        kind = next((k for k, suffix in DATA_SUFFIX.items() if filename.endswith(suffix)), None)
+        if kind is None or f"_task-{TASK}_" not in filename:
+            continue
+        entities = mne_bids.get_entities_from_fname(filename, on_error="ignore")
+        if entities.get("subject") is None or entities.get("run") is None:
+            continue
+        found[kind][(entities["subject"], int(entities["run"]))] = (rel, info)
     return found
 
 
-def find_runs(root: Path, preprocessed: bool = False) -> tuple[list[RunFiles], list[str]]:
-    """Every (subject, run) with both a MEG and a BOLD file, sorted; plus notes on unpaired files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise BidsInputError(f"--bids-root {root} is not a folder")
-    data_root = root / PREPROCESSED if preprocessed else root
-    if preprocessed and not data_root.is_dir():
-        raise BidsInputError(f"--preprocessed: {data_root} does not exist; drop the flag to use raw files")
-    megs = _by_entities(data_root, "meg", ".fif")
-    bolds = _by_entities(data_root, "bold", ".nii.gz")
+def find_runs(source: Location, preprocessed: bool = False) -> tuple[list[RunFiles], list[str]]:
+    """Every (subject, run) with both a MEG and a BOLD file, sorted; plus notes on unpaired files.
+    ``source`` is listed once (on S3: a few LIST requests, nothing downloaded)."""
+    if not source.is_dir():
+        raise BidsInputError(f"--bids-root {source} is not a folder (or an s3:// prefix with objects)")
+    data_root = PREPROCESSED if preprocessed else ""
+    if preprocessed and not source.is_dir(data_root):
+        raise BidsInputError(f"--preprocessed: {source.url_of(data_root)} does not exist; drop the flag to "
+                             "use raw files")
+    files = _data_files(source, data_root, raw=not preprocessed)
+    megs, bolds = files["meg"], files["bold"]
     if not megs and not bolds:
-        raise BidsInputError(f"no task-{TASK} MEG (.fif) or BOLD (.nii.gz) files under {data_root}: "
-                             "is this a ds004078-layout BIDS dataset (sub-XX/meg, sub-XX/func)?")
+        raise BidsInputError(f"no task-{TASK} MEG (.fif) or BOLD (.nii.gz) files under "
+                             f"{source.url_of(data_root)}: is this a ds004078-layout BIDS dataset "
+                             "(sub-XX/meg, sub-XX/func)?")
     runs, notes = [], []
-    for key in sorted(set(megs) | set(bolds), key=lambda k: (k[0], k[1])):
+    for key in sorted(set(megs) | set(bolds)):
         subject, run = key
         if key not in megs or key not in bolds:
             notes.append(f"sub-{subject} run-{run}: only {'MEG' if key in megs else 'BOLD'} found; skipped")
             continue
-        func = root / f"sub-{subject}" / "func"
         stem = f"sub-{subject}_task-{TASK}_run-{run}"
-        runs.append(RunFiles(subject, run, megs[key], megs[key].with_name(f"{stem}_events.tsv"),
-                             bolds[key], func / f"{stem}_bold.json", func / f"{stem}_events.tsv"))
+        (meg, meg_info), (bold, bold_info) = megs[key], bolds[key]
+        func = f"sub-{subject}/func"
+        runs.append(RunFiles(source, RunId(subject, run), meg, f"{meg.rsplit('/', 1)[0]}/{stem}_events.tsv",
+                             bold, f"{func}/{stem}_bold.json", f"{func}/{stem}_events.tsv",
+                             {"meg": source.stamp(meg, meg_info), "bold": source.stamp(bold, bold_info)}))
     return runs, notes
 
 
-def read_tsv(path: Path) -> list[dict[str, str]]:
+def read_tsv(source: Location, rel: str) -> list[dict[str, str]]:
     """Rows of a BIDS TSV file; the UTF-8 byte-order mark of the real ds004078 files is accepted."""
-    if not path.is_file():
-        raise BidsInputError(f"{path} is missing")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+    try:
+        text = source.read_text(rel)
+    except FileNotFoundError:
+        raise BidsInputError(f"{source.url_of(rel)} is missing") from None
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
 
 
-def participant_sexes(root: Path) -> dict[str, str]:
+def participant_sexes(source: Location) -> dict[str, str]:
     """Subject id -> sex ('F'/'M') from participants.tsv."""
-    path = Path(root) / "participants.tsv"
-    rows = read_tsv(path)
+    rows = read_tsv(source, "participants.tsv")
     if not rows or "sex" not in rows[0] or "participant_id" not in rows[0]:
-        raise BidsInputError(f"{path} needs the columns participant_id and sex")
+        raise BidsInputError(f"{source.url_of('participants.tsv')} needs the columns participant_id and sex")
     return {row["participant_id"].removeprefix("sub-"): row["sex"] for row in rows}
 
 
@@ -101,9 +135,10 @@ class StoryEvent:
     duration: float  # s, the story length
 
 
-def fmri_story(path: Path) -> StoryEvent:
-    """The story audio event of a func events.tsv (``onset duration stim_file``)."""
-    rows = read_tsv(path)
+def fmri_story(files: RunFiles) -> StoryEvent:
+    """The story audio event of the run's func events.tsv (``onset duration stim_file``)."""
+    rows = read_tsv(files.source, files.bold_events)
+    path = files.url("bold_events")
     for row in rows:
         if row.get("stim_file", "").startswith("audio/"):
             try:
@@ -113,25 +148,29 @@ def fmri_story(path: Path) -> StoryEvent:
     raise BidsInputError(f"{path}: no story row (stim_file audio/...) with numeric onset and duration")
 
 
-def repetition_time(path: Path) -> float:
-    if not path.is_file():
-        raise BidsInputError(f"{path} is missing (needed for RepetitionTime)")
+def repetition_time(files: RunFiles) -> float:
+    path = files.url("bold_json")
     try:
-        return float(json.loads(path.read_text())["RepetitionTime"])
+        text = files.source.read_text(files.bold_json)
+    except FileNotFoundError:
+        raise BidsInputError(f"{path} is missing (needed for RepetitionTime)") from None
+    try:
+        return float(json.loads(text)["RepetitionTime"])
     except (KeyError, ValueError, TypeError) as err:
         raise BidsInputError(f"{path}: no numeric RepetitionTime ({err})") from None
 
 
-def dataset_fingerprint(root: Path) -> dict:
+def dataset_fingerprint(source: Location) -> dict:
     """Identity of a BIDS dataset: its name and a hash of its description and participants."""
-    root = Path(root)
     digest = hashlib.sha256()
-    name = root.name
+    name = source.url.rstrip("/").rsplit("/", 1)[-1]
+    texts = {}
     for fname in ("dataset_description.json", "participants.tsv"):
-        path = root / fname
-        if path.is_file():
-            digest.update(path.read_bytes())
-    description = root / "dataset_description.json"
-    if description.is_file():
-        name = json.loads(description.read_text()).get("Name", name)
+        try:
+            texts[fname] = source.read_bytes(fname)
+        except FileNotFoundError:
+            continue
+        digest.update(texts[fname])
+    if "dataset_description.json" in texts:
+        name = json.loads(texts["dataset_description.json"]).get("Name", name)
     return {"name": name, "fingerprint": digest.hexdigest()}

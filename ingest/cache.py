@@ -1,7 +1,9 @@
 """The Zarr cache of continuous preprocessed signals, one group per run (zarr format 3).
 
     cache.zarr/                      root group: dataset identity, participants' sexes
-    cache.zarr/sub-01_run-1/         one run (written under a hidden name, renamed when complete)
+    cache.zarr/sub-01_run-1/         one run, written at its final keys by its one task and committed
+                                     by its last attribute update (``sources``: the input files'
+                                     sizes and ETags); readers trust only committed groups
         meg               (channels, samples) float32, z-scored, 100 Hz, file-relative time
         fmri              (volumes, slices, y, x), the run min-max normalised to [0, 1], one
                           compressed chunk per volume, in shards of 16 volumes (fewer files:
@@ -17,88 +19,116 @@ Re-pairing with other parameters (``ingest --from-cache``) reads only this store
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
+import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from meg2fmri.shards.atomic import replace_dir
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError, IntegrityError
+from meg2fmri.shards.format import RunId
 
 from .bids_io import RunFiles, StoryEvent
 from .preprocess import MEG_SFREQ, FmriRun, MegRun
 
 CACHE_NAME = "cache.zarr"
 CACHE_VERSION = 1
-RUN_PATTERN = re.compile(r"^sub-(\w+)_run-(\d+)$")
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 # int16 scanner values: byte-shuffled lz4 wrote a demo run in 0.17 s to 55% of its size.
 FMRI_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 VOLUMES_PER_WRITE = 16  # also the shard size of the fmri array
+COMMIT_ATTR = "sources"  # written last, in the group's last attribute update: the run's commit point
 
 
-def source_stamp(path: Path) -> dict:
-    stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def group_path(run: RunId) -> str:
+    return f"{CACHE_NAME}/{run.name}"
 
 
-def open_root(out: Path, dataset: dict, sexes: dict[str, str] | None) -> Path:
-    """Create the cache root, or check that an existing one caches the same dataset."""
-    root = Path(out) / CACHE_NAME
-    group = zarr.open_group(root, mode="a")
+def open_root(out: Location, dataset: dict, sexes: dict[str, str] | None) -> Location:
+    """Create the cache root, or check that an existing one caches the same dataset (the driver alone
+    writes the root's attributes; each task writes only its own run's group)."""
+    group = zarr.open_group(out.zarr_store(CACHE_NAME), mode="a")
     known = group.attrs.get("dataset")
     if known is None:
         group.attrs.update({"dataset": dataset, "sexes": sexes or {}, "cache_version": CACHE_VERSION})
     elif known["fingerprint"] != dataset["fingerprint"]:
-        raise InputError(f"{root} caches another dataset ({known['name']!r}), not {dataset['name']!r}: "
-                         "use another --out")
+        raise InputError(f"{out.url_of(CACHE_NAME)} caches another dataset ({known['name']!r}), not "
+                         f"{dataset['name']!r}: use another --out")
     elif sexes:
         group.attrs["sexes"] = {**group.attrs.get("sexes", {}), **sexes}
-    return root
+    return out
 
 
-def root_attrs(root: Path) -> dict:
-    if not (root / "zarr.json").is_file():
-        raise InputError(f"{root}: no Zarr cache here; run `ingest` without --from-cache first")
-    return dict(zarr.open_group(root, mode="r").attrs)
+def root_attrs(out: Location) -> dict:
+    if not out.exists(f"{CACHE_NAME}/zarr.json"):
+        raise InputError(f"{out.url_of(CACHE_NAME)}: no Zarr cache here; run `ingest` without --from-cache "
+                         "first")
+    return dict(zarr.open_group(out.zarr_store(CACHE_NAME, read_only=True), mode="r").attrs)
 
 
-def list_runs(root: Path) -> list[tuple[str, int]]:
-    """(subject, run) of every complete run in the cache, sorted."""
-    runs = []
-    for name in os.listdir(root):
-        match = RUN_PATTERN.match(name)
-        if match and (root / name / "zarr.json").is_file():
-            runs.append((match.group(1), int(match.group(2))))
-    return sorted(runs)
+def run_groups(out: Location, only: list[RunId] | None = None) -> dict[RunId, dict | None]:
+    """Every run group in the cache (or those of ``only`` that exist) -> its attributes if committed,
+    else None (half-written by a killed task). The groups' metadata objects are fetched together
+    (concurrently on S3)."""
+    names = out.names(CACHE_NAME) if only is None else [r.name for r in only]
+    runs = {r: None for r in map(RunId.parse, names) if r is not None}
+    paths = {out.path(f"{group_path(r)}/zarr.json"): r for r in runs}
+    found = out.fs.cat(list(paths), on_error="omit") if paths else {}
+    if only is not None:
+        runs = {r: None for p, r in paths.items() if p in found}
+    for path, data in found.items():
+        try:
+            attrs = json.loads(data).get("attributes", {})
+        except ValueError:  # a metadata write cut short
+            continue
+        if COMMIT_ATTR in attrs and "fmri_affine" in attrs:
+            runs[paths[path]] = attrs
+    return runs
+
+
+def committed_attrs(out: Location, run: RunId) -> dict | None:
+    """The run group's attributes if it is committed, else None (absent or half-written)."""
+    return run_groups(out, [run]).get(run)
+
+
+def list_runs(out: Location) -> list[tuple[str, int]]:
+    """(subject, run) of every committed run in the cache, sorted."""
+    return sorted((r.subject, r.run) for r, attrs in run_groups(out).items() if attrs is not None)
 
 
 def run_name(subject: str, run: int) -> str:
-    return f"sub-{subject}_run-{run}"
+    return RunId(subject, run).name
 
 
-def is_cached(root: Path, files: RunFiles) -> bool:
-    """True if the run is cached from these very files (same size and modification time)."""
-    path = root / files.name
-    if not (path / "zarr.json").is_file():
-        return False
-    attrs = zarr.open_group(path, mode="r").attrs
-    if "fmri_affine" not in attrs:  # cached before whole-brain targets: decode it again, once
-        return False
-    return attrs.get("sources", {}) == {"meg": source_stamp(files.meg), "bold": source_stamp(files.bold)}
+def is_cached(attrs: dict | None, files: RunFiles) -> bool:
+    """True if the committed run (``attrs`` from ``run_groups``) is cached from these very files (size
+    and ETag on S3, size and mtime locally). A run cached before affines were kept is decoded again."""
+    return (attrs is not None and "fmri_affine" in attrs and "digests" in attrs
+            and attrs.get(COMMIT_ATTR) == files.stamps)
 
 
-def write_run(root: Path, files: RunFiles, meg: MegRun, fmri: FmriRun, story: StoryEvent) -> None:
-    """Write one run's group under a hidden name, then rename it into place."""
-    final = root / files.name
-    tmp = root / f".{files.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+def content_digest(array: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and values (equal arrays, equal digests), hashed in place
+    from its memory (a transposed view is hashed through its C-contiguous transpose: no copy)."""
+    import hashlib
+
+    base = array if array.flags.c_contiguous else array.T if array.T.flags.c_contiguous else None
+    if base is None:
+        base = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}{base is not array}".encode())
+    digest.update(memoryview(base).cast("B"))
+    return digest.hexdigest()
+
+
+def write_run(out: Location, files: RunFiles, meg: MegRun, fmri: FmriRun, story: StoryEvent,
+              digests: dict[str, str]) -> None:
+    """Write one run's group at its final keys; its last attribute update (``sources``) commits it.
+    An earlier, uncommitted or outdated group of the run is removed first."""
+    rel = group_path(files.id)
+    out.remove(rel)
+    group = zarr.open_group(out.zarr_store(rel), mode="w")
     group.create_array("meg", data=meg.data, chunks=(meg.data.shape[0], 3000), compressors=COMPRESSOR)
     shape = fmri.volumes.shape
     lo, hi = fmri.value_range
@@ -110,15 +140,15 @@ def write_run(root: Path, files: RunFiles, meg: MegRun, fmri: FmriRun, story: St
     for start in range(0, shape[0], VOLUMES_PER_WRITE):
         volumes[start:start + VOLUMES_PER_WRITE] = fmri.volumes[start:start + VOLUMES_PER_WRITE]
     group.create_array("fmri_slice_means", data=fmri.slice_means, compressors=None)
-    group.attrs.update({
+    attrs = {
         "subject": files.subject, "run": files.run, "ch_names": meg.ch_names,
         "meg_sfreq": MEG_SFREQ, "meg_story_onset_s": meg.story_onset, "meg_first_samp": meg.first_samp,
         "fmri_tr": fmri.tr, "fmri_story_onset_s": story.onset, "story_duration_s": story.duration,
         "fmri_value_range": list(fmri.value_range), "fmri_affine": fmri.affine.tolist(),
-        "warnings": meg.warnings,
-        "sources": {"meg": source_stamp(files.meg), "bold": source_stamp(files.bold)},
-    })
-    replace_dir(tmp, final)
+        "warnings": meg.warnings, "digests": digests,
+    }
+    group.attrs.update(attrs)
+    group.attrs.update({COMMIT_ATTR: files.stamps})  # the commit point
 
 
 @dataclass
@@ -143,19 +173,25 @@ class CachedRun:
         return packed * np.float32(scale) + np.float32(offset)
 
 
-def read_run(root: Path, subject: str, run: int) -> CachedRun:
-    path = root / run_name(subject, run)
+def read_run(out: Location, subject: str, run: int) -> CachedRun:
+    """A committed run of the cache under ``out`` (a folder or an ``s3://`` prefix)."""
+    rel = group_path(RunId(subject, run))
     try:
-        group = zarr.open_group(path, mode="r")
-        return CachedRun(subject, run, group["meg"], group["fmri"], group["fmri_slice_means"][:],
-                         dict(group.attrs))
+        group = zarr.open_group(out.zarr_store(rel, read_only=True), mode="r")
+        attrs = dict(group.attrs)
+        if COMMIT_ATTR not in attrs:
+            raise ValueError("the group was never committed (its task was killed)")
+        return CachedRun(subject, run, group["meg"], group["fmri"], group["fmri_slice_means"][:], attrs)
     except (KeyError, FileNotFoundError, ValueError) as err:
-        raise IntegrityError(f"{path}: incomplete or unreadable cache group ({err}); delete it and "
-                             "re-run ingest without --from-cache") from None
+        raise IntegrityError(f"{out.url_of(rel)}: incomplete or unreadable cache group ({err}); re-run "
+                             "ingest without --from-cache (it is decoded again)") from None
 
 
-def remove_partials(root: Path) -> None:
-    """Delete groups left half-written by a killed ingest."""
-    if root.is_dir():
-        for stale in root.glob(".sub-*.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+def remove_partials(out: Location) -> list[str]:
+    """Delete run groups a killed ingest left uncommitted (and the hidden folders of older versions);
+    return what was removed."""
+    removed = [group_path(r) for r, attrs in run_groups(out).items() if attrs is None]
+    removed += [f"{CACHE_NAME}/{n}" for n in out.names(CACHE_NAME) if n.startswith(".sub-")]
+    for rel in removed:
+        out.remove(rel)
+    return removed

@@ -8,25 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
+from meg2fmri.shards.split import run_list
+
 
 def id_list(text: str) -> tuple[str, ...] | None:
     if text == "all":
         return None
     return tuple(sorted({s.strip().removeprefix("sub-").zfill(2) for s in text.split(",") if s.strip()}))
-
-
-def run_list(text: str) -> tuple[int, ...] | None:
-    """``all`` (None), ``1,2,5`` or ranges like ``1-10`` (sorted, without repeats)."""
-    if text == "all":
-        return None
-    runs: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            runs.update(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"runs must look like 1,2,5 or 1-10 or all, got {text!r}") from None
-    return tuple(sorted(runs))
 
 
 def story_list(text: str) -> tuple[int, ...]:
@@ -39,6 +27,29 @@ def story_list(text: str) -> tuple[int, ...]:
     return stories
 
 
+def location(text: str) -> str:
+    """A folder (made absolute) or an s3:// URL, as given."""
+    if text.startswith("s3://"):
+        if len(text) <= len("s3://") or text[len("s3://")] == "/":
+            raise argparse.ArgumentTypeError(f"{text!r}: an S3 URL needs a bucket, e.g. s3://my-bucket/prefix")
+        return text.rstrip("/")
+    if "://" in text and not text.startswith("file://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only local folders and s3:// URLs are supported")
+    return str(Path(text.removeprefix("file://")).absolute())
+
+
+def json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--storage-options is not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest",
@@ -48,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(OUT/index.json: counts, sizes, sha256, split). One Ray task per (subject, run). Interrupted "
         "runs resume: finished runs are not redone.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bids-root", type=Path, help="root of the BIDS dataset (not needed with --from-cache)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (cache, shards, index)")
+    p.add_argument("--bids-root", type=location, metavar="DIR|s3://BUCKET/PREFIX",
+                   help="root of the BIDS dataset: a folder or an S3 prefix, e.g. "
+                   "s3://openneuro.org/ds004078 (OpenNeuro's public bucket; not needed with --from-cache)")
+    p.add_argument("--out", type=location, required=True, metavar="DIR|s3://BUCKET/PREFIX",
+                   help="output folder or S3 prefix (cache, shards, index)")
     p.add_argument("--subjects", type=id_list, default=None, metavar="all|01,02,...",
                    help="subjects to ingest (default: all)")
     p.add_argument("--runs", type=run_list, default=None, metavar="all|1,2|1-10",
@@ -93,8 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="local Ray worker CPUs (default: all cores)")
     p.add_argument("--ray-address", default=None,
-                   help="address of an existing Ray cluster (e.g. ray://head:10001); OUT must then be "
-                   "on storage that every node sees")
+                   help="address of an existing Ray cluster (e.g. ray://head:10001 or auto); with no shared "
+                   "disk, give s3:// for --bids-root and --out (every node reads and writes S3 itself)")
+    s3 = p.add_argument_group("object storage (s3://)")
+    s3.add_argument("--endpoint-url", default=None,
+                    help="S3 endpoint for both --bids-root and --out (MinIO, Ceph, a test server); default: "
+                    "AWS. Credentials and region come the standard AWS way (environment, profile, role)")
+    s3.add_argument("--anon", action=argparse.BooleanOptionalAction, default=None,
+                    help="anonymous (unsigned) reads of an s3:// --bids-root, as for public buckets like "
+                    "OpenNeuro's; default: anonymous when no AWS credentials are found. --out always signs")
+    s3.add_argument("--storage-options", type=json_object, default={}, metavar="JSON",
+                    help='more s3fs options for both ends, e.g. \'{"client_kwargs": {"region_name": '
+                    '"us-east-1"}}\' (the loader and train take the same)')
+    p.add_argument("--on-duplicate", choices=["warn", "skip", "raise"], default="warn",
+                   help="runs whose decoded MEG or BOLD is identical to another run's (ds004078: the MEG of "
+                   "sub-05 and sub-06, runs 58-60): warn and keep all, skip all but the first, or stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -105,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from meg2fmri.shards.errors import Meg2fmriError
 
+    from .config import IngestConfig
     from .driver import run_ingest, summary_table
     from .pairing import PairingConfig
-    from .pipeline import IngestConfig
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -118,14 +145,16 @@ def main(argv: list[str] | None = None) -> int:
                                   None if args.atlas is None else str(Path(args.atlas).resolve())),
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
-            ray_address=args.ray_address)
+            ray_address=args.ray_address, anon=args.anon, on_duplicate=args.on_duplicate,
+            storage_options=args.storage_options | (
+                {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}))
         report = run_ingest(config, progress=not args.quiet)
     except Meg2fmriError as err:
         print(f"ingest: error: {err}", file=sys.stderr)
         return 2
     print(summary_table(report))
     if report.index is not None:
-        print(f"index: {config.out / 'index.json'}")
+        print(f"index: {config.output().url_of('index.json')}")
     return 1 if report.failed or report.index is None else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -13,26 +14,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
-from meg2fmri.shards.format import MASK_NAME
-from meg2fmri.shards.index import ShardIndex, write_atomic
+from meg2fmri.shards.format import MASK_NAME, RunId
+from meg2fmri.shards.index import ShardIndex
 from meg2fmri.shards.split import SPLITS, held_out_stories, held_out_subjects, split_of
 
 from . import cache, targets
+from .config import IngestConfig, RunTask
 from .pairing import consensus_slice, feature_names
-from .pipeline import (
-    IngestConfig,
-    RunTask,
-    check_out,
-    done_runs,
-    ingest_run,
-    load_pairs,
-    needs_survey,
-    pairs_dir,
-    plan,
-    reset_work,
-)
-from .shard_writer import SHARD_DIR, write_shards
+from .pairs import load_pairs, paired_runs, reset_work
+from .plan import check_out, plan
+from .shard_writer import write_shards
+from .task import ingest_run, needs_survey
 
 
 @dataclass
@@ -46,31 +40,31 @@ class IngestReport:
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.results if not r["ok"]]
+        """Runs that could not be ingested (a duplicate skipped on purpose is not a failure)."""
+        return [r for r in self.results if not r["ok"] and not r.get("skipped")]
 
 
-def remove_temporaries(config: IngestConfig) -> None:
-    """Files a killed ingest left under temporary names (never read as results)."""
-    for folder in (config.out / SHARD_DIR, pairs_dir(config)):
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp-*"):
-                stale.unlink(missing_ok=True)
-
-
-def result_of_done(config: IngestConfig, subject: str, run: int) -> dict:
+def result_of_done(out: Location, config: IngestConfig, run: RunId, attrs: dict) -> dict:
     """The summary of a run finished by an earlier (possibly interrupted) ingest."""
-    _, _, meta = load_pairs(config, subject, run)
-    attrs = cache.read_run(config.out / cache.CACHE_NAME, subject, run).attrs
-    with np.load(pairs_dir(config) / f"sub-{subject}_run-{run}.npz") as npz:
-        error = float(npz["storage_error"]) if "storage_error" in npz else 0.0
-    return {"subject": subject, "run": run, "ok": True, "count": len(meta), "slice": meta[0]["slice"],
-            "decoded": False, "resumed": True, "warnings": attrs["warnings"], "storage_error": error}
+    pairs = load_pairs(out, config.pairing, run)
+    return {"subject": run.subject, "run": run.run, "ok": True, "count": len(pairs.meta),
+            "slice": pairs.meta[0]["slice"], "decoded": False, "resumed": True, "warnings": attrs["warnings"],
+            "storage_error": pairs.storage_error, "digests": attrs.get("digests", {})}
 
 
-def slice_profile(config: IngestConfig, subject: str, run: int) -> list[float]:
+def slice_profile(out: Location, config: IngestConfig, run: RunId) -> list[float]:
     """Per-slice correlation of the slice means with the MEG profile (the paper's Fig. 1)."""
-    with np.load(pairs_dir(config) / f"sub-{subject}_run-{run}.npz") as npz:
-        return [round(float(c), 4) if np.isfinite(c) else None for c in npz["correlation"]]
+    correlation = load_pairs(out, config.pairing, run).correlation
+    return [round(float(c), 4) if np.isfinite(c) else None for c in correlation]
+
+
+def done_runs(out: Location, config: IngestConfig, tasks: list[RunTask]) -> dict[RunId, dict]:
+    """Runs whose pairs for this pairing exist and whose cache group is committed and current
+    (from the same input files): each with its cache attributes."""
+    paired = paired_runs(out, config.pairing)
+    groups = cache.run_groups(out, [t.id for t in tasks if t.id in paired])
+    return {t.id: groups[t.id] for t in tasks if groups.get(t.id) is not None
+            and (t.files is None or cache.is_cached(groups[t.id], t.files))}
 
 
 def start_ray(config: IngestConfig):
@@ -98,7 +92,7 @@ def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
     cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
     numcodecs.blosc.set_nthreads(cpus)
-    return ingest_run(task, config)
+    return {**ingest_run(task, config), "node": ray.get_runtime_context().get_node_id()}
 
 
 @contextmanager
@@ -111,11 +105,25 @@ def ray_session(config: IngestConfig):
             ray.shutdown()
 
 
+def node_memory(ray) -> int:
+    """The most memory (bytes) Ray can give one task on any node of the cluster."""
+    return max((int(n["Resources"].get("memory", 0)) for n in ray.nodes() if n.get("Alive")), default=0)
+
+
 def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
               desc: str = "ingest") -> list[dict]:
+    """One Ray task per run, each asking for the memory it will use (``RunTask.memory``, capped at
+    the largest node's), with a progress bar in runs and input MB/s."""
     remote = ray.remote(num_cpus=1, max_retries=0)(ray_ingest_run)
-    refs = {remote.remote(task, config): task for task in tasks}
+    largest = node_memory(ray)
+    refs = {}
+    for task in tasks:
+        memory = min(task.memory, largest) if largest else task.memory
+        options = {"memory": memory} if memory else {}
+        refs[remote.options(**options).remote(task, config)] = task
     results = []
+    total_mb = sum(t.files.input_bytes() for t in tasks if t.files is not None) / 2**20  # at most
+    started, done_mb = time.perf_counter(), 0.0
     bar = tqdm(total=len(tasks), desc=desc, unit="run", disable=not progress)
     try:
         pending = list(refs)
@@ -128,7 +136,11 @@ def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
                 except ray.exceptions.RayError as err:  # the worker died (e.g. out of memory)
                     last = [line for line in str(err).splitlines() if line.strip()][-1]
                     results.append({"subject": task.subject, "run": task.run, "ok": False,
-                                    "error": f"sub-{task.subject}_run-{task.run}: task died: {last}"})
+                                    "error": f"{task.id}: task died: {last}"})
+                if task.files is not None and results[-1].get("decoded"):
+                    done_mb += task.files.input_bytes() / 2**20
+                    rate = done_mb / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix_str(f"{done_mb:.0f}/{total_mb:.0f} MB in, {rate:.1f} MB/s")
                 bar.update()
     finally:
         bar.close()
@@ -149,7 +161,7 @@ def survey_runs(ray, tasks: list[RunTask], config: IngestConfig, train: set[tupl
         what = "--slice" if config.pairing.target == "slice" else "the mask"
         reason = f"not paired: no training run could be ingested to choose {what} from (fix those)"
         failed += [{"subject": r["subject"], "run": r["run"], "ok": False,
-                    "error": f"sub-{r['subject']}_run-{r['run']}: {reason}"} for r in results if r["ok"]]
+                    "error": f"{RunId(r['subject'], r['run'])}: {reason}"} for r in results if r["ok"]]
         return config, failed, {"chosen_from": reason}, first
     if config.pairing.target == "slice":
         chosen = consensus_slice([np.array(r["profile"], dtype=float) for r in training])
@@ -164,28 +176,29 @@ def survey_runs(ray, tasks: list[RunTask], config: IngestConfig, train: set[tupl
 
 def write_mask(config: IngestConfig, results: list[dict], training: list[dict]) -> tuple:
     """The training runs' brain mask as ``OUT/mask.nii.gz`` (every run must share one grid)."""
+    name = lambda r: RunId(r["subject"], r["run"])  # noqa: E731
     grid = training[0]["grid"]
     other = [r for r in results if r["ok"] and (r["grid"]["shape"] != grid["shape"] or not np.allclose(
         r["grid"]["affine"], grid["affine"], atol=1e-3))]
     if other:
         r = other[0]
         raise InputError(
-            f"sub-{r['subject']}_run-{r['run']} is on a {'x'.join(map(str, r['grid']['shape']))} grid, "
-            f"sub-{training[0]['subject']}_run-{training[0]['run']} on "
+            f"{name(r)} is on a {'x'.join(map(str, r['grid']['shape']))} grid, {name(training[0])} on "
             f"{'x'.join(map(str, grid['shape']))} (or their affines differ): volume targets need one grid "
             "for every run. Raw-space grids differ in anatomy between subjects and visits; ingest the MNI "
             "derivatives with --preprocessed")
     mask = targets.training_mask([r["mean_volume"] for r in training], np.array(grid["affine"]))
-    path = config.out / MASK_NAME
-    write_atomic(path, gzip.compress(mask.to_bytes(), mtime=0))
-    digest = targets.file_digest(path)
+    out = config.output()
+    data = gzip.compress(mask.to_bytes(), mtime=0)
     voxels = int(np.asarray(mask.dataobj).sum())
     if voxels == 0:
-        raise InputError(f"{path}: the training runs' mask is empty; check the BOLD images")
+        raise InputError(f"{out.url_of(MASK_NAME)}: the training runs' mask is empty; check the BOLD images")
+    out.put(MASK_NAME, data)
+    digest = hashlib.sha256(data).hexdigest()
     how = {"mask": MASK_NAME, "mask_sha256": digest, "voxels": voxels, "grid": grid,
            "chosen_from": f"nilearn compute_epi_mask of the mean of {len(training)} training runs' "
                           "mean normalised volumes"}
-    return dataclasses.replace(config.pairing, mask=(str(path), digest)), how
+    return dataclasses.replace(config.pairing, mask=(MASK_NAME, digest)), how
 
 
 def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
@@ -195,8 +208,7 @@ def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dic
         entry = {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}
         ok = [r for r in results if r["ok"]]
         try:  # where the slice sits (for `generate`'s NIfTI): the first run's grid
-            shape, affine = targets.grid_of(cache.read_run(config.out / cache.CACHE_NAME, ok[0]["subject"],
-                                                           ok[0]["run"]))
+            shape, affine = targets.grid_of(cache.read_run(config.output(), ok[0]["subject"], ok[0]["run"]))
             entry |= {"grid": list(shape), "affine": affine.tolist(), "slice": p.slice}
         except (IndexError, InputError):  # no run, or a cache from before affines were kept
             pass
@@ -217,11 +229,45 @@ def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dic
             "value": "mean over each label's voxels (atlas resampled to each run's grid, nearest)"}
 
 
+def find_duplicates(results: list[dict]) -> list[dict]:
+    """Groups of runs whose decoded MEG (or BOLD) are identical: ``{"data", "runs", "sha256"}``, the
+    runs sorted (on ds004078 the MEG files of sub-05 and sub-06, runs 58-60, are byte-identical)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        if r["ok"]:
+            for what, digest in sorted(r.get("digests", {}).items()):
+                groups.setdefault((what, digest), []).append(str(RunId(r["subject"], r["run"])))
+    return [{"data": what, "runs": sorted(runs), "sha256": digest}
+            for (what, digest), runs in sorted(groups.items()) if len(runs) > 1]
+
+
+def apply_duplicate_policy(config: IngestConfig, results: list[dict], notes: list[str]) -> list[dict]:
+    """``--on-duplicate``: warn (a note; every run kept), skip (only the first run of each group is
+    sharded; the others are reported as skipped) or raise (nothing is sharded)."""
+    duplicates = find_duplicates(results)
+    for group in duplicates:
+        what = "MEG" if group["data"] == "meg" else "BOLD"
+        text = f"identical decoded {what} in {', '.join(group['runs'])}"
+        if config.on_duplicate == "raise":
+            raise InputError(f"{text} (sha256 {group['sha256'][:12]}); check the source files, or pass "
+                             "--on-duplicate warn (keep all) or skip (keep the first)")
+        keep = " (the later runs are skipped)" if config.on_duplicate == "skip" else ""
+        notes.append(f"{text}{keep}")
+    if config.on_duplicate == "skip":
+        skipped = {run for g in duplicates for run in g["runs"][1:]}
+        for r in results:
+            if r["ok"] and str(RunId(r["subject"], r["run"])) in skipped:
+                r.update(ok=False, skipped=True,
+                         error=f"{RunId(r['subject'], r['run'])}: skipped, a duplicate (--on-duplicate skip)")
+    return duplicates
+
+
 def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     """Ingest ``config``; every input problem that can be seen up front raises before work."""
     clock = time.perf_counter()
+    out = config.output()
     tasks, dataset, sexes, notes = plan(config)
-    check_out(config, dataset)
+    check_out(out, dataset)
     subjects = sorted({t.subject for t in tasks})
     missing = [s for s in subjects if s not in sexes]
     if missing:
@@ -229,33 +275,35 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     held_out = held_out_subjects({s: sexes[s] for s in subjects}, config.held_out)
     all_stories = sorted({t.run for t in tasks})
     stories = held_out_stories(all_stories, config.held_out_stories)
-    split = {(t.subject, t.run): split_of(t.subject, t.run, held_out, stories) for t in tasks}
-    config.out.mkdir(parents=True, exist_ok=True)
-    root = cache.open_root(config.out, dataset, None if config.from_cache else sexes)
-    cache.remove_partials(root)
+    split = {t.id: split_of(t.subject, t.run, held_out, stories) for t in tasks}
+    if config.pairing.target == "parcels":
+        targets.check_atlas(Path(config.pairing.atlas))  # before any work
+    cache.open_root(out, dataset, None if config.from_cache else sexes)
+    cache.remove_partials(out)  # groups a killed ingest left uncommitted
+    out.remove_temporaries()
     seconds = {"plan": time.perf_counter() - clock}
     clock = time.perf_counter()
     failed: list[dict] = []
     first: dict[tuple[str, int], dict] = {}
     slice_choice = ({"slice": config.pairing.slice, "chosen_from": "--slice"}
                     if config.pairing.target == "slice" else {})
-    if config.pairing.target == "parcels":
-        targets.check_atlas(Path(config.pairing.atlas))  # before any work
     with ray_session(config) as ray:
         if needs_survey(config.pairing):
             config, failed, slice_choice, first = survey_runs(
-                ray, tasks, config, {k for k, v in split.items() if v == "train"}, progress)
+                ray, tasks, config, {(k.subject, k.run) for k, v in split.items() if v == "train"}, progress)
             tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
         if needs_survey(config.pairing):
             tasks = []
-        reset_work(config)
-        remove_temporaries(config)
-        done = done_runs(config, tasks)
-        results = failed + [result_of_done(config, s, r) for s, r in sorted(done)]
-        todo = [t for t in tasks if (t.subject, t.run) not in done]
+        reset_work(out, config.pairing)
+        done = done_runs(out, config, tasks)
+        results = failed + [result_of_done(out, config, run, attrs) for run, attrs in sorted(done.items())]
+        todo = [t for t in tasks if t.id not in done]
         if todo:
             results += run_tasks(ray, todo, config, progress)
     seconds["tasks"] = time.perf_counter() - clock
+    used = {r["node"] for r in [*results, *first.values()] if r.get("node")}
+    if used:
+        notes.append(f"tasks ran on {len(used)} Ray node{'s' if len(used) > 1 else ''}")
     for r in results:  # a run decoded in the slice-choice pass: keep what that pass measured
         earlier = first.get((r["subject"], r["run"]))
         if r["ok"] and earlier is not None and earlier["decoded"]:
@@ -264,13 +312,14 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
                      seconds={**earlier["seconds"], **r.get("seconds", {})})
     results.sort(key=lambda r: (r["subject"], r["run"]))
     for r in results:
-        r["split"] = split[(r["subject"], r["run"])]
-    ok = [(r["subject"], r["run"]) for r in results if r["ok"]]
+        r["split"] = split[RunId(r["subject"], r["run"])]
+    duplicates = apply_duplicate_policy(config, results, notes)
+    ok = [RunId(r["subject"], r["run"]) for r in results if r["ok"]]
     index = None
     clock = time.perf_counter()
     if ok:
-        names = feature_names(config.pairing, cache.read_run(root, *ok[0]).attrs["ch_names"])
-        index = write_shards(config, ok, split, {
+        names = feature_names(config.pairing, cache.read_run(out, ok[0].subject, ok[0].run).attrs["ch_names"])
+        index = write_shards(out, config.pairing, config.shard_samples, ok, split, {
             "dataset": dataset,
             "features": {"kind": config.pairing.features, "width": len(names), "names": names},
             "target": target_entry(config, slice_choice, results),
@@ -281,9 +330,10 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
             "config": config.to_json() | {
                 "slice_choice" if config.pairing.target == "slice" else "target_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
-                      "slice_correlation": slice_profile(config, r["subject"], r["run"])}
+                      "slice_correlation": slice_profile(out, config, RunId(r["subject"], r["run"]))}
                      for r in results if r["ok"]],
             "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
+            "duplicates": duplicates,
         })
     seconds["shards"] = time.perf_counter() - clock
     return IngestReport(results, held_out, stories, index, notes, seconds)

@@ -1,33 +1,50 @@
-"""Assemble the finished runs' pairs into WebDataset shards and the index, atomically.
+"""Assemble the finished runs' pairs into WebDataset shards and the index, each committed whole.
 
 Samples go in (split, subject, run, window) order into shards of ``shard_samples``; each shard is
-written under a hidden name and renamed when complete; the index is written last. The same pairs
-always give the same bytes.
+streamed to its final name through ``Location.open_atomic`` (a rename locally; one upload on S3,
+invisible until complete) and hashed as it is written; the index is written last, and shards it does
+not list (an earlier, larger ingest's) are then removed. The same pairs always give the same bytes.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
-from meg2fmri.shards.format import Sample, TargetLayout, sample_key, write_shard
-from meg2fmri.shards.index import ShardEntry, ShardIndex, file_sha256, write_index
+from meg2fmri.shards.commit import Location
+from meg2fmri.shards.format import RunId, Sample, TargetLayout, sample_key, write_shard
+from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, index_bytes
 from meg2fmri.shards.split import SPLITS
 
-from .pipeline import IngestConfig, load_pairs
+from .pairing import PairingConfig
+from .pairs import load_pairs
+from .plan import SHARD_DIR
 
-SHARD_DIR = "shards"
+
+class HashingWriter:
+    """A write-only file that hashes and counts what passes through it to ``target``."""
+
+    def __init__(self, target):
+        self.target, self.digest, self.size = target, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
-def split_samples(config: IngestConfig, runs: list[tuple[str, int]], split_of: dict[tuple[str, int], str],
+def split_samples(out: Location, pairing: PairingConfig, runs: list[RunId], split_of: dict[RunId, str],
                   split: str) -> Iterator[Sample]:
-    for subject, run in runs:
-        if split_of[(subject, run)] != split:
+    for run in runs:
+        if split_of[run] != split:
             continue
-        meg, fmri, meta = load_pairs(config, subject, run)
-        for i, m in enumerate(meta):
-            yield Sample(sample_key(subject, run, i), meg[i], fmri[i], {**m, "split": split})
+        pairs = load_pairs(out, pairing, run)
+        for i, m in enumerate(pairs.meta):
+            yield Sample(sample_key(run.subject, run.run, i), pairs.meg[i], pairs.fmri[i],
+                         {**m, "split": split})
 
 
 def chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
@@ -41,27 +58,24 @@ def chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def write_shards(config: IngestConfig, runs: list[tuple[str, int]], split_of: dict[tuple[str, int], str],
-                 index_fields: dict) -> ShardIndex:
+def write_shards(out: Location, pairing: PairingConfig, shard_samples: int, runs: list[RunId],
+                 split_of: dict[RunId, str], index_fields: dict) -> ShardIndex:
     """Write every split's shards under ``out/shards/`` and then ``out/index.json``."""
-    folder = config.out / SHARD_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     entries: list[ShardEntry] = []
     dtype = TargetLayout.from_json(index_fields["target"]).np_dtype
     for split in SPLITS:
-        for number, batch in enumerate(chunks(split_samples(config, runs, split_of, split),
-                                              config.shard_samples)):
-            name = f"{split}-{number:06d}.tar"
-            tmp = folder / f".{name}.tmp-{os.getpid()}"
-            write_shard(tmp, batch, dtype)
-            os.replace(tmp, folder / name)
-            entries.append(ShardEntry(f"{SHARD_DIR}/{name}", split, len(batch),
-                                      (folder / name).stat().st_size, file_sha256(folder / name),
+        for number, batch in enumerate(chunks(split_samples(out, pairing, runs, split_of, split),
+                                              shard_samples)):
+            name = f"{SHARD_DIR}/{split}-{number:06d}.tar"
+            with out.open_atomic(name) as f:
+                writer = HashingWriter(f)
+                write_shard(writer, batch, dtype)
+            entries.append(ShardEntry(name, split, len(batch), writer.size, writer.digest.hexdigest(),
                                       batch[0].key, batch[-1].key))
     index = ShardIndex(shards=entries, **index_fields)
-    write_index(config.out, index)
-    listed = {Path(e.name).name for e in entries}
-    for stale in folder.glob("*.tar"):  # shards of an earlier, larger ingest
-        if stale.name not in listed:
-            stale.unlink()
+    out.put(INDEX_NAME, index_bytes(index))
+    listed = {e.name.rsplit("/", 1)[-1] for e in entries}
+    for stale in out.names(SHARD_DIR):  # shards of an earlier, larger ingest
+        if stale.endswith(".tar") and stale not in listed:
+            out.remove(f"{SHARD_DIR}/{stale}")
     return index

@@ -17,6 +17,7 @@ significant bits: the largest error against float32 is half a unit in the last p
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.format import TargetLayout
 
@@ -77,12 +79,25 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
-def load_mask(path: str, digest: str) -> np.ndarray:
-    """The mask file as a bool ``(i, j, k)`` array, checked against the digest the driver wrote."""
-    if file_digest(Path(path)) != digest:
-        raise InputError(f"{path}: the mask changed during ingest; run ingest again")
-    return np.asarray(nib.load(path).dataobj) > 0
+_MASKS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def load_mask(out: Location, rel: str, digest: str) -> np.ndarray:
+    """The mask file ``rel`` under ``out`` as a bool ``(i, j, k)`` array, checked against the digest
+    the driver wrote (kept per process: every task of an ingest reads the same mask)."""
+    key = (out.url_of(rel), digest)
+    if key not in _MASKS:
+        try:
+            data = out.read_bytes(rel)
+        except FileNotFoundError:
+            raise InputError(f"{out.url_of(rel)}: the brain mask is missing; run ingest again") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise InputError(f"{out.url_of(rel)}: the mask changed during ingest; run ingest again")
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        if len(_MASKS) >= 4:
+            _MASKS.clear()
+        _MASKS[key] = np.asarray(nib.Nifti1Image.from_bytes(raw).dataobj) > 0
+    return _MASKS[key]
 
 
 def check_atlas(path: Path) -> list[int]:
@@ -148,12 +163,12 @@ class TargetExtractor:
         return (sums / counts).astype(np.float32)
 
 
-def extractor_of_index(out: Path, target: dict, run: CachedRun) -> TargetExtractor:
+def extractor_of_index(out: Location | Path, target: dict, run: CachedRun) -> TargetExtractor:
     """The extractor an ingest used, rebuilt from its index's ``target`` (mask beside the index)."""
     layout = TargetLayout.from_json(target)
     if layout.kind == "volume":
-        path = Path(out) / target["mask"]
-        return TargetExtractor(layout, mask=load_mask(str(path), target["mask_sha256"]))
+        out = out if isinstance(out, Location) else Location(out)
+        return TargetExtractor(layout, mask=load_mask(out, target["mask"], target["mask_sha256"]))
     if layout.kind == "parcels":
         shape, affine = grid_of(run)
         return TargetExtractor(layout, labels=tuple(target["labels"]),
@@ -161,15 +176,16 @@ def extractor_of_index(out: Path, target: dict, run: CachedRun) -> TargetExtract
     return TargetExtractor(layout)
 
 
-def extractor(run: CachedRun, config: PairingConfig) -> TargetExtractor:
-    """The extractor of ``config.target`` for this run (the mask or atlas checked against its grid)."""
+def extractor(run: CachedRun, config: PairingConfig, out: Location) -> TargetExtractor:
+    """The extractor of ``config.target`` for this run (the mask, beside the index under ``out``, or
+    the atlas, checked against its grid)."""
     if config.target == "slice":
         return TargetExtractor(TargetLayout.slice_of(config.size))
     shape, affine = grid_of(run)
     if config.target == "volume":
         if config.mask is None:
             raise InputError(f"{run.name}: volume targets need the training mask; the driver builds it")
-        mask = load_mask(*config.mask)
+        mask = load_mask(out, *config.mask)
         if mask.shape != shape:
             raise InputError(f"{run.name}: grid {shape} differs from the mask's {mask.shape}; raw-space "
                              "grids differ between subjects: use --preprocessed (MNI)")

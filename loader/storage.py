@@ -26,8 +26,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from meg2fmri.shards.commit import write_atomic
 from meg2fmri.shards.errors import InputError, ShardIntegrityError, ShardReadError
-from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, check_shard, read_index, write_atomic
+from meg2fmri.shards.index import INDEX_NAME, ShardEntry, ShardIndex, check_shard, read_index
 
 from .buffers import BufferPool
 

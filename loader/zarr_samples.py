@@ -21,7 +21,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from meg2fmri.shards.atomic import replace_dir
+from meg2fmri.shards.commit import replace_dir
 from meg2fmri.shards.errors import InputError, IntegrityError, OutputExistsError
 from meg2fmri.shards.index import SPLITS
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -89,8 +91,37 @@ class TargetLayout:
         return int(np.prod(self.shape))
 
 
+@dataclass(frozen=True, order=True)
+class RunId:
+    """One recording: a subject and a run (run N plays story N in both sessions). The one place the
+    name ``sub-XX_run-N`` is spelled: cache groups, pair files, sample keys, log lines and errors."""
+
+    subject: str
+    run: int
+
+    @property
+    def name(self) -> str:
+        return f"sub-{self.subject}_run-{self.run}"
+
+    @property
+    def story(self) -> int:
+        return self.run
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> RunId | None:
+        """The run a ``sub-XX_run-N`` name (or a sample key starting with one) names, else None."""
+        match = RUN_NAME.match(name)
+        return None if match is None else cls(match.group(1), int(match.group(2)))
+
+
+RUN_NAME = re.compile(r"^sub-([A-Za-z0-9]+)_run-(\d+)(?:_|$)")
+
+
 def sample_key(subject: str, run: int, index: int) -> str:
-    return f"sub-{subject}_run-{run}_w{index:04d}"
+    return f"{RunId(subject, run).name}_w{index:04d}"
 
 
 def npy_bytes(array: np.ndarray, dtype: np.dtype = SAMPLE_DTYPE) -> bytes:
@@ -129,10 +160,12 @@ def sample_stride(n_features: int, target: TargetLayout) -> int:
     return sum(TAR_BLOCK + -(-n // TAR_BLOCK) * TAR_BLOCK for n in member_sizes(n_features, target).values())
 
 
-def write_shard(path: Path, samples: Iterable[Sample], target_dtype: np.dtype = SAMPLE_DTYPE) -> int:
-    """Write ``samples`` as a tar at ``path`` (the caller renames it into place); return the count."""
+def write_shard(path: Path | BinaryIO, samples: Iterable[Sample],
+                target_dtype: np.dtype = SAMPLE_DTYPE) -> int:
+    """Write ``samples`` as a tar to ``path`` or a binary file (the caller commits it); return the count."""
     count = 0
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+    where = {"fileobj": path} if hasattr(path, "write") else {"name": path}
+    with tarfile.open(mode="w", format=tarfile.USTAR_FORMAT, **where) as tar:
         for sample in samples:
             for member, payload in ((MEG_MEMBER, npy_bytes(sample.meg)),
                                     (FMRI_MEMBER, npy_bytes(sample.fmri, target_dtype)),

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .commit import write_atomic
 from .errors import IntegrityError, ShardIntegrityError
 from .format import META_BYTES, TargetLayout, member_sizes, sample_stride
 from .split import SPLITS
@@ -47,7 +47,9 @@ class ShardIndex:
     shards: list[ShardEntry]
     config: dict  # resolved ingest configuration
     runs: list[dict] = field(default_factory=list)  # per (subject, run): count, slice, warnings
-    failed: list[dict] = field(default_factory=list)  # runs that could not be ingested
+    failed: list[dict] = field(default_factory=list)  # runs that could not be ingested (or were skipped)
+    # groups of runs whose decoded MEG or BOLD are identical: {"data": "meg"|"bold", "runs", "sha256"}
+    duplicates: list[dict] = field(default_factory=list)
 
     @property
     def target_layout(self) -> TargetLayout:
@@ -90,7 +92,7 @@ class ShardIndex:
             size = obj["image_size"]
             obj = {**obj, "target": {"kind": "slice", "shape": [size, size], "dtype": "float32"}}
         keys = ("dataset", "features", "target", "split", "config", "runs", "failed")
-        fields = {k: obj[k] for k in keys}
+        fields = {k: obj[k] for k in keys} | {"duplicates": obj.get("duplicates", [])}
         return cls(shards=[ShardEntry(**s) for s in obj["shards"]], **fields)
 
 
@@ -102,19 +104,14 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def index_bytes(index: ShardIndex) -> bytes:
+    return (json.dumps(index.to_json(), indent=1) + "\n").encode()
 
 
 def write_index(folder: Path, index: ShardIndex) -> Path:
+    """``folder/index.json``, atomically (ingest writes it last, through its ``Location``)."""
     path = Path(folder) / INDEX_NAME
-    write_atomic(path, (json.dumps(index.to_json(), indent=1) + "\n").encode())
+    write_atomic(path, index_bytes(index))
     return path
 
 

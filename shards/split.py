@@ -21,6 +21,8 @@ Defaults, stated so they can be repeated:
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
+
 from .errors import InputError
 
 SPLITS = ("train", "test", "seen_story", "seen_subject")
@@ -76,3 +78,17 @@ def split_of(subject: str, story: int, subjects: tuple[str, ...], stories: tuple
     if new_subject:
         return "test" if new_story else "seen_story"
     return "seen_subject" if new_story else "train"
+
+
+def run_list(text: str) -> tuple[int, ...] | None:
+    """``all`` (None), ``1,2,5`` or ranges like ``1-10`` (sorted, without repeats)."""
+    if text == "all":
+        return None
+    runs: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            runs.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ArgumentTypeError(f"runs must look like 1,2,5 or 1-10 or all, got {text!r}") from None
+    return tuple(sorted(runs))

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from meg2fmri.ingest.synth import oracle as synth_oracle
 from meg2fmri.model import evaluate_cli
+from meg2fmri.model import oracle as synth_oracle
 from meg2fmri.model.evaluate import oracle_signal
 from meg2fmri.model.metrics import per_image, voxel_r
 from meg2fmri.model.paper import paper_scores

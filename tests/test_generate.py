@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meg2fmri.ingest.synth import oracle as synth_oracle
 from meg2fmri.model import evaluate_cli, generate_cli
+from meg2fmri.model import oracle as synth_oracle
 from meg2fmri.model.train import TrainConfig, train
 from meg2fmri.model.volume_maps import run_maps
 

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import zarr
 
+from meg2fmri.ingest import cache
 from meg2fmri.ingest import cli as ingest_cli
+from meg2fmri.ingest.config import IngestConfig
 from meg2fmri.ingest.driver import run_ingest
 from meg2fmri.ingest.pairing import PairingConfig
-from meg2fmri.ingest.pipeline import IngestConfig
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.index import read_index
 
 STEM = "sub-{s}/{d}/sub-{s}_task-RDR_run-{r}_{x}"
@@ -154,6 +156,11 @@ def shard_digests(out: Path) -> dict[str, str]:
     return {e.name: e.sha256 for e in read_index(out).shards}
 
 
+def committed(out: Path) -> list:
+    """Runs whose cache group is committed (its last attribute update written)."""
+    return cache.list_runs(Location(out)) if (out / "cache.zarr").is_dir() else []
+
+
 def test_kill_9_then_rerun_gives_the_same_shards(tiny_root: Path, tmp_path: Path, ingested: Path,
                                                  ray_session):
     out = tmp_path / "out"
@@ -164,13 +171,13 @@ def test_kill_9_then_rerun_gives_the_same_shards(tiny_root: Path, tmp_path: Path
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
-        while len(list((out / "cache.zarr").glob("sub-*/zarr.json"))) < 2:
+        while len(committed(out)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "ingest never got going"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    cached = len(list((out / "cache.zarr").glob("sub-*/zarr.json")))
+    cached = len(committed(out))
     assert not (out / "index.json").exists()
     report = run_ingest(IngestConfig(tiny_root, out, shard_samples=30), progress=False)
     assert not report.failed
@@ -213,3 +220,32 @@ def test_ray_address_uses_an_existing_cluster(tiny_root: Path, tmp_path: Path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+
+
+def test_identical_recordings_are_named_and_the_policy_applies(tiny_root: Path, tmp_path: Path, ray_session,
+                                                               capsys):
+    """sub-03's run-1 MEG replaced by a byte copy of sub-01's (as ds004078's sub-05/sub-06 runs 58-60)."""
+    root = tmp_path / "bids"
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("derivatives"))
+    for subject in ("02", "04"):  # fewer runs to decode: two subjects, one held out
+        shutil.rmtree(root / f"sub-{subject}")
+    meg = "sub-{0}/meg/sub-{0}_task-RDR_run-1_meg.fif"
+    shutil.copyfile(root / meg.format("01"), root / meg.format("03"))
+    out = tmp_path / "out"
+    common = ["--quiet", "--bids-root", str(root), "--out", str(out), "--runs", "1,2", "--held-out", "03",
+              "--held-out-stories", "none", "--slice", "5"]
+    assert ingest_cli.main([*common, "--on-duplicate", "raise"]) == 2
+    assert "identical decoded MEG in sub-01_run-1, sub-03_run-1" in capsys.readouterr().err
+    assert not (out / "index.json").exists()
+
+    assert ingest_cli.main(common) == 0  # warn (the default): every run kept, the pair named
+    assert "note: identical decoded MEG in sub-01_run-1, sub-03_run-1" in capsys.readouterr().out
+    index = read_index(out)
+    assert [(d["data"], d["runs"]) for d in index.duplicates] == [("meg", ["sub-01_run-1", "sub-03_run-1"])]
+    assert {(r["subject"], r["run"]) for r in index.runs} == {("01", 1), ("01", 2), ("03", 1), ("03", 2)}
+
+    assert ingest_cli.main([*common, "--on-duplicate", "skip"]) == 0
+    index = read_index(out)
+    assert {(r["subject"], r["run"]) for r in index.runs} == {("01", 1), ("01", 2), ("03", 2)}
+    assert [f["error"] for f in index.failed] == ["sub-03_run-1: skipped, a duplicate (--on-duplicate skip)"]
+    assert index.count() == sum(r["count"] for r in index.runs)  # its samples are in no shard

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from meg2fmri.ingest.cli import run_list
 from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.split import run_list
 
 from .config import N_STORIES, PRESETS, SUBJECT_IDS, Coupling, SynthConfig, estimated_bytes
 

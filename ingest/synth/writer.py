@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from meg2fmri.shards.atomic import replace_dir
+from meg2fmri.shards.commit import replace_dir
 from meg2fmri.shards.errors import InputError, OutputExistsError
 
 from . import bids, fmri, meg

@@ -18,20 +18,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import zarr
 
+from meg2fmri.ingest.cache import read_run
+from meg2fmri.ingest.pairing import resize_bilinear
+from meg2fmri.ingest.synth.config import FMRI_AUDIO_ONSET, TR
+from meg2fmri.ingest.synth.fmri import slice_times
+from meg2fmri.ingest.synth.sources import CANONICAL_PEAK, DRIVE_SFREQ, bold_response
+from meg2fmri.ingest.synth.writer import CONFIG_NAME, TRUTH
+from meg2fmri.ingest.targets import extractor_of_index
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError, Meg2fmriError
 from meg2fmri.shards.format import read_shard
 from meg2fmri.shards.index import read_index
 from meg2fmri.shards.split import EVALUATION_SETS, SPLITS
-
-from ..cache import read_run
-from ..pairing import resize_bilinear
-from ..targets import extractor_of_index
-from .config import FMRI_AUDIO_ONSET, TR
-from .fmri import slice_times
-from .sources import CANONICAL_PEAK, DRIVE_SFREQ, bold_response
-from .writer import CONFIG_NAME, TRUTH
 
 
 def subject_truth(truth: Path, subject: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -55,7 +54,7 @@ def oracle_images(bids_root: Path, ingest_out: Path,
         raise InputError(f"{truth / CONFIG_NAME}: no synth ground truth; the oracle needs a `synth` "
                          "dataset") from None
     index = read_index(ingest_out)
-    cache = zarr.open_group(Path(ingest_out) / "cache.zarr", mode="r")
+    out = Location(ingest_out)
     by_run: dict[tuple[str, int], list] = {}
     for entry in (e for e in index.shards if e.split in splits):
         for sample in read_shard(Path(ingest_out) / entry.name):
@@ -65,7 +64,8 @@ def oracle_images(bids_root: Path, ingest_out: Path,
     for (subject, run), samples in sorted(by_run.items()):
         baseline, maps, peak = subject_truth(truth, subject)
         drive = np.load(truth / "stories" / f"story-{run}_bold-drive_{DRIVE_SFREQ:g}Hz.npy")
-        lo, hi = cache[f"sub-{subject}_run-{run}"].attrs["fmri_value_range"]
+        cached = read_run(out, subject, run)
+        lo, hi = cached.attrs["fmri_value_range"]
         scale = coupling["bold_percent"] / 100
         volumes = np.array([m.meta["fmri_volume"] for m in samples])
         if kind == "slice":
@@ -82,8 +82,7 @@ def oracle_images(bids_root: Path, ingest_out: Path,
         times = volumes[None, :] * TR + slice_times(baseline.shape[2])[:, None]  # (slices, n)
         response = bold_response(drive.astype(np.float64), FMRI_AUDIO_ONSET, times.ravel(), peak).reshape(
             maps.shape[0], baseline.shape[2], len(samples))
-        extract = extractor_of_index(ingest_out, index.target, read_run(Path(ingest_out) / "cache.zarr",
-                                                                        subject, run))
+        extract = extractor_of_index(out, index.target, cached)
         for start in range(0, len(samples), 16):
             part = slice(start, start + 16)
             change = np.einsum("kijz,kzn->nijz", maps, response[:, :, part])

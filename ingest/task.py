@@ -1,0 +1,102 @@
+"""One Ray task: a (subject, run) decoded once into the cache, then paired.
+
+A task reads only its own run's files, each once, and writes only its own run's objects (its cache
+group, its pairs file), so no two tasks ever write the same object or chunk. It never raises for bad
+input: the result says ``ok: False`` and names the file.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from meg2fmri.shards.errors import IntegrityError, Meg2fmriError
+
+from . import cache, targets
+from .bids_io import fmri_story, repetition_time
+from .config import IngestConfig, RunTask
+from .meter import reset_peak_memory, resident_mb
+from .pairing import PairingConfig, pair_run, slice_correlation
+from .pairs import RunPairs, save_pairs
+from .preprocess import preprocess_fmri, preprocess_meg
+
+
+def needs_survey(pairing: PairingConfig) -> bool:
+    """Whether pairing waits for a choice made over the training runs (a slice, or the mask)."""
+    return (pairing.target == "slice" and pairing.slice is None) or (
+        pairing.target == "volume" and pairing.mask is None)
+
+
+def survey(cached: cache.CachedRun, pairing: PairingConfig) -> dict:
+    """What the driver's choice needs of one run: its slice-correlation profile (slice targets), or
+    its mean normalised volume and grid (volume targets: the training mask)."""
+    if pairing.target == "slice":
+        return {"profile": slice_correlation(cached, pairing).tolist()}
+    shape, affine = targets.grid_of(cached)
+    return {"mean_volume": targets.mean_volume(cached), "grid": {"shape": list(shape),
+                                                                 "affine": affine.tolist()}}
+
+
+def decode_run(task: RunTask, config: IngestConfig, lap) -> float:
+    """Read the run's FIF and NIfTI once, preprocess, and commit its cache group; decoded MB."""
+    files = task.files
+    story = fmri_story(files)
+    tr = repetition_time(files)
+    meg = preprocess_meg(files, story)
+    lap("meg")
+    fmri = preprocess_fmri(files, tr)
+    lap("fmri")
+    digests = {"meg": cache.content_digest(meg.data), "bold": cache.content_digest(fmri.volumes)}
+    cache.write_run(config.output(), files, meg, fmri, story, digests)
+    lap("cache")
+    return (meg.decoded_bytes + fmri.volumes.nbytes) / 2**20
+
+
+def ingest_run(task: RunTask, config: IngestConfig) -> dict:
+    """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair; while the slice
+    or the mask is not chosen yet (``needs_survey``), return what the driver needs to choose it over
+    the training runs instead (``survey``)."""
+    out = config.output()
+    decoded_mb = 0.0
+    reset_peak_memory()
+    baseline_mb = resident_mb()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = now - clock
+        clock = now
+
+    head = {"subject": task.subject, "run": task.run}
+    try:
+        if task.files is not None and not cache.is_cached(cache.committed_attrs(out, task.id), task.files):
+            decoded_mb = decode_run(task, config, lap)
+        try:
+            cached = cache.read_run(out, task.subject, task.run)
+        except IntegrityError:  # committed but broken: a killed ingest's task kept writing after a
+            if task.files is None or decoded_mb:  # resumed one had cleaned it up; decode it again
+                raise
+            decoded_mb = decode_run(task, config, lap)
+            cached = cache.read_run(out, task.subject, task.run)
+        common = {**head, "ok": True, "decoded": decoded_mb > 0, "digests": cached.attrs.get("digests", {}),
+                  "decoded_mb": decoded_mb, "seconds": seconds}
+        if needs_survey(config.pairing):
+            return {**common, **survey(cached, config.pairing),
+                    "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
+        extract = targets.extractor(cached, config.pairing, out)
+        pairs = pair_run(cached, config.pairing, extract)
+        stored = pairs.fmri.astype(extract.layout.np_dtype)
+        error = float(np.abs(stored.astype(np.float32) - pairs.fmri).max())
+        save_pairs(out, config.pairing, task.id,
+                   RunPairs(pairs.meg, stored, pairs.meta, pairs.slice_correlation, error))
+        lap("pair")
+    except (Meg2fmriError, OSError, ValueError) as err:
+        return {**head, "ok": False, "error": str(err)}
+    except Exception as err:  # a bug must not stop the other runs either; say what it was
+        return {**head, "ok": False, "error": f"{task.id}: unexpected {type(err).__name__}: {err}"}
+    return {**common, "count": len(pairs.meta), "slice": pairs.slice,
+            "warnings": cached.attrs["warnings"] + pairs.warnings, "storage_error": error,
+            "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
