@@ -27,11 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = sub.add_parser("kernels", help="numba kernels vs numpy references vs memcpy",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     kernels.add_argument("--repeats", type=int, default=7, help="timed repeats (median reported)")
-    ingest = sub.add_parser("ingest", help="ingest 1 worker vs all cores vs read-only (demo preset)",
+    ingest = sub.add_parser("ingest", help="ingest 1 worker vs all cores vs the decode floor, local vs S3",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dataset_options(ingest, "folder for the demo dataset and the ingest outputs")
     ingest.add_argument("--subjects", default=None, help="comma-separated subset, e.g. 01,02 (default: all)")
     ingest.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration")
+    ingest.add_argument("--source", choices=["local", "s3"], default="local",
+                        help="s3: also ingest from (and to) moto's S3 server on loopback, side by side")
+    ingest.add_argument("--long-seconds", type=float, default=600.0,
+                        help="story length of the one long run timed for the ds004078 projection (0: skip)")
+    ingest.add_argument("--float-volumes", type=int, default=150,
+                        help="volumes of the float32 MNI-shaped run whose peak memory is measured")
     loader = sub.add_parser("loader", help="our loader vs webdataset, MNE+nibabel, S3, Zarr, memcpy",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dataset_options(loader, "folder for the demo dataset, its shards and the Zarr copy (reused if present)")
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         from .ingest_bench import run
 
         subjects = None if args.subjects is None else tuple(s.zfill(2) for s in args.subjects.split(","))
-        rows, notes = run(args.bids_root, args.work, subjects, args.repeats)
+        rows, notes = run(args.bids_root, args.work, subjects, args.repeats, args.source, args.long_seconds,
+                          args.float_volumes)
     emit(rows, args.json, notes)
     return 0
 

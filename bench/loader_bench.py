@@ -8,8 +8,9 @@ Rows (throughput in samples/s; ``mb_per_s`` is MEG + fMRI float32 payload delive
   0 and 2 workers (persistent workers, so their start-up is not counted);
 - ``loader_local``: our ``ShardLoader``, shuffled, from the local folder;
 - ``loader_s3`` / ``s3_raw``: our loader from moto's S3 server on loopback (in its own process), and
-  the fastest plain GET loop of the same objects (boto3 ``read()`` or s3fs ``cat_file``, whichever is
-  faster here); the loader also checks each shard's sha256, the plain loop does not;
+  the fastest plain GET loop of the same objects: boto3 ``read()`` or s3fs ``cat_file`` with 1, 2, 4
+  or 8 concurrent GETs, whichever is fastest here (the loader beat a fixed loop: 104-119%); the
+  loader also checks each shard's sha256, the plain loops do not;
 - ``zarr_map``: the map-style ``ZarrSamples`` through a shuffling DataLoader;
 - ``memcpy``: ``np.copyto`` of 256 MB, this machine's copy bandwidth.
 
@@ -21,7 +22,6 @@ decoding. Every timing is the median of ``repeats`` after a warm-up; each repeat
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ from meg2fmri.loader.storage import open_store
 from meg2fmri.loader.zarr_samples import ZarrSamples, collate_batch, export_zarr
 from meg2fmri.shards.index import ShardIndex, read_index
 
+from .fixtures import ensure_shards, moto_process, upload_train_shards
 from .report import row
 
 
@@ -119,35 +120,32 @@ def loader_epoch(loader: ShardLoader):
     return epoch
 
 
-def s3_raw_epochs(endpoint: str, bucket: str, keys: list[str], samples: int, threads: int) -> dict:
-    """Plain GET loops over the same objects: boto3 ``read()`` one after another and with as many
-    threads as the loader fetches with, and s3fs ``cat_file``."""
+CONCURRENCY = (1, 2, 4, 8)
+
+
+def s3_raw_epochs(endpoint: str, bucket: str, keys: list[str], samples: int) -> dict:
+    """Plain GET loops over the same objects with 1, 2, 4 and 8 concurrent requests, for each client
+    (boto3 ``get_object().read()`` and s3fs ``cat_file``): the baseline is the fastest of them all."""
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
     import s3fs
 
     client = boto3.client("s3", endpoint_url=endpoint)
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
-    pool = ThreadPoolExecutor(threads)
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    getters = {"boto3": lambda key: client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+               "s3fs": lambda key: fs.cat_file(f"{bucket}/{key}")}
+    epochs = {}
+    for name, get in getters.items():
+        for threads in CONCURRENCY:
+            pool = ThreadPoolExecutor(threads)
 
-    def get(key: str) -> bytes:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            def epoch(get=get, pool=pool) -> int:
+                list(pool.map(get, keys))
+                return samples
 
-    def with_boto3() -> int:
-        for key in keys:
-            get(key)
-        return samples
-
-    def with_boto3_threads() -> int:
-        list(pool.map(get, keys))
-        return samples
-
-    def with_s3fs() -> int:
-        for key in keys:
-            fs.cat_file(f"{bucket}/{key}")
-        return samples
-    return {"boto3": with_boto3, f"boto3_{threads}threads": with_boto3_threads, "s3fs": with_s3fs}
+            epochs[f"{name}_x{threads}"] = epoch
+    return epochs
 
 
 def cuda_rows(shards: Path, payload: int, repeats: int, min_seconds: float) -> tuple[dict, float]:
@@ -184,86 +182,6 @@ def zarr_epoch(path: Path, batch_size: int):
     def epoch() -> int:
         return sum(len(batch["index"]) for batch in loader)
     return epoch
-
-
-SHARD_SAMPLES = 100  # several shards per epoch, as any real dataset has, so reads can overlap
-
-
-def ensure_shards(work: Path, bids_root: Path | None, target: str = "slice") -> tuple[Path, Path]:
-    """(BIDS root, shard folder): the bench preset and its ingest (slice or whole-brain targets),
-    made once in ``work``."""
-    from .ingest_bench import demo_dataset
-
-    root = bids_root or demo_dataset(work)
-    shards = work / ("loader-demo-shards" if bids_root is None else "loader-shards")
-    if target != "slice":
-        shards = shards.with_name(f"{shards.name}-{target}")
-    if not (shards / "index.json").is_file():
-        import ray
-
-        from meg2fmri.ingest.driver import run_ingest
-        from meg2fmri.ingest.pairing import PairingConfig
-        from meg2fmri.ingest.pipeline import IngestConfig
-
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False, log_to_driver=False)
-        try:
-            config = IngestConfig(root, shards, shard_samples=SHARD_SAMPLES,
-                                  pairing=PairingConfig(target=target))
-            report = run_ingest(config, progress=False)
-        finally:
-            ray.shutdown()
-        if report.failed:
-            raise RuntimeError(f"bench loader: ingest failed for {report.failed}")
-    return root, shards
-
-
-def upload_train_shards(endpoint: str, shards: Path, entries: list, bucket: str,
-                        mask: str | None = None) -> str:
-    """Copy the index (and the mask of volume targets) and the training shards to
-    ``s3://bucket/demo``; return that URL."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=bucket)
-    client.upload_file(str(shards / "index.json"), bucket, "demo/index.json")
-    if mask is not None:
-        client.upload_file(str(shards / mask), bucket, f"demo/{mask}")
-    for entry in entries:
-        client.upload_file(str(shards / entry.name), bucket, f"demo/{entry.name}")
-    return f"s3://{bucket}/demo"
-
-
-def moto_process():
-    """moto's S3 server in its own process on a free loopback port (a real S3 server does not share
-    the client's interpreter; moto in a thread of this process would take the client's GIL), with
-    throwaway credentials in the standard AWS variables unless some are set."""
-    import socket
-    import subprocess
-    import sys
-
-    import boto3
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    for _ in range(300):
-        try:
-            client.list_buckets()
-            return server, endpoint
-        except Exception:  # not listening yet
-            time.sleep(0.1)
-    server.terminate()
-    raise RuntimeError("bench loader: moto's S3 server did not start in 30 s")
 
 
 def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
@@ -309,8 +227,7 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
             value, runs = rate(loader_epoch(loader), repeats, min_seconds)
             s3_rates[batch_size] = (value, runs)
         raw = {name: rate(fn, repeats, min_seconds) for name, fn in
-               s3_raw_epochs(endpoint, "meg2fmri-bench", [f"demo/{e.name}" for e in train], n_train,
-                             StreamConfig().fetch_threads).items()}
+               s3_raw_epochs(endpoint, "meg2fmri-bench", [f"demo/{e.name}" for e in train], n_train).items()}
     finally:
         server.terminate()
         server.wait()

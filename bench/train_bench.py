@@ -24,7 +24,7 @@ from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.model.nets import to_tanh
 from meg2fmri.model.train import TrainConfig, build_models, update
 
-from .loader_bench import ensure_shards, moto_process, upload_train_shards
+from .fixtures import ensure_shards, moto_process, upload_train_shards
 from .report import row
 
 COMPONENTS = 256  # TrainConfig.max_components
