@@ -168,6 +168,44 @@ class FmriRun:
 
 
 
+class ChunkedReads(io.RawIOBase):
+    """A readable stream whose ``readinto`` fills the caller's buffer a chunk at a time. nibabel reads
+    a stream's data with ``readinto`` into one preallocated buffer; a gzip stream's inherited
+    ``readinto`` first reads the *whole* request into a temporary bytes object, so the run's data
+    existed twice at once (peak 2x the decoded size)."""
+
+    CHUNK = 1 << 24
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.stream.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.stream.read(size)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            chunk = self.stream.read(min(self.CHUNK, len(view) - done))
+            if not chunk:
+                break
+            view[done:done + len(chunk)] = chunk
+            done += len(chunk)
+        return done
+
+
 def read_nifti(source: Location, rel: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     """A (gzipped) NIfTI and its data array, streamed through ISA-L's gunzip (about twice as fast as
     zlib): from the local file, or from the S3 object's read-ahead stream (nothing written to disk).
@@ -176,7 +214,8 @@ def read_nifti(source: Location, rel: str) -> tuple[nib.Nifti1Image, np.ndarray]
         if not rel.endswith(".gz"):
             img = nib.Nifti1Image.from_stream(raw)
             return img, np.asanyarray(img.dataobj)
-        with igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
+        with igzip.IGzipFile(fileobj=raw, mode="rb") as gz:
+            stream = ChunkedReads(gz)
             img = nib.Nifti1Image.from_stream(stream)
             return img, np.asanyarray(img.dataobj)
 

@@ -40,10 +40,15 @@ def run_bench(which: str, tiny_root: Path, tmp_path: Path, *args: str) -> tuple[
 
 
 def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
-    out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01,02,03")
-    rows = check_shape(out, ["read_only", "ingest_1worker", "ingest_all"])
-    assert rows[1]["runs"] == 9 and rows[1]["peak_task_mb"] > 0
-    assert "ingest (1 worker) / read-only" in stdout
+    """Local and S3 rows side by side, a short 'long run' and a small float BOLD run."""
+    out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01", "--source", "s3",
+                            "--long-seconds", "20", "--float-volumes", "4")
+    names = ["decode_floor", "ingest_1worker", "ingest_all", "decode_floor_s3", "ingest_1worker_s3",
+             "ingest_1worker_s3_to_s3", "long_run_1worker", "float_bold"]
+    rows = check_shape(out, names)
+    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[3]["runs"] == 3
+    assert 0 < rows[-1]["peak_vs_decoded"] < 10
+    assert "ingest (1 worker) / decode floor" in stdout and "projection, ds004078" in stdout
 
 
 def test_bench_train_json(tiny_root: Path, tmp_path: Path):
