@@ -145,7 +145,7 @@ class TargetExtractor:
 
     def __call__(self, run: CachedRun, volumes: list[int], axial_slice: int, size: int) -> np.ndarray:
         if self.layout.kind == "slice":
-            images = [resize_bilinear(run.image(v, axial_slice), size) for v in volumes]
+            images = [resize_bilinear(image, size) for image in run.images(volumes, axial_slice)]
             return np.clip(np.stack(images), 0, 1)
         return self.from_volumes(normalised_volumes(run, volumes))
 

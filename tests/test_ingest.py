@@ -11,8 +11,10 @@ import webdataset as wds
 import zarr
 from conftest import read_tsv
 
+from meg2fmri.ingest import cache
 from meg2fmri.ingest import cli as ingest_cli
 from meg2fmri.ingest.pairing import resize_bilinear
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.format import read_shard
 from meg2fmri.shards.index import read_index, verify_shard
 
@@ -71,6 +73,10 @@ def test_cache_holds_continuous_signals(ingested: Path, tiny_root: Path):
     assert np.abs(decoded - expected.T).max() < 1e-12
     assert decoded.min() >= 0 and decoded.max() <= 1
     assert np.allclose(group["fmri_slice_means"][7], expected.mean(axis=(0, 1)), atol=1e-9)
+    run = cache.read_run(Location(ingested), "03", 2)  # the batched read equals the per-volume one
+    volumes = [9, 7, 9, 0]
+    assert np.array_equal(run.images(volumes, 4), np.stack([run.image(v, 4) for v in volumes]))
+    assert np.abs(run.images([7], 5)[0] - expected[:, :, 5].T).max() < 1e-6
 
 
 def test_story_onset_is_file_relative_not_acquisition_relative(ingested: Path, tiny_root: Path):
