@@ -56,6 +56,23 @@ def decode_floor(files: list) -> None:
         del raw, data
 
 
+def fif_from_s3(files: list, how: str) -> None:
+    """Every FIF from S3 decoded by MNE, read whole into memory (``memory``: what ingest does) or
+    downloaded to a task-local temporary file first (``tempfile``)."""
+    import tempfile
+
+    for f in files:
+        source = f.source
+        if how == "memory":
+            raw = mne.io.read_raw_fif(io.BytesIO(source.read_bytes(f.meg)), preload=True, verbose="error")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "run_meg.fif")
+                source.fs.get_file(source.path(f.meg), path)
+                raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+        del raw
+
+
 def median_of(fn, repeats: int) -> list[float]:
     fn()  # warm-up (page cache, imports)
     times = []
@@ -165,6 +182,8 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
             s3_files = [f for f in find_runs(Location(url, options))[0]
                         if subjects is None or f.subject in subjects]
             timings["decode_floor_s3"] = median_of(lambda: decode_floor(s3_files), repeats)
+            timings["fif_s3_memory"] = median_of(lambda: fif_from_s3(s3_files, "memory"), repeats)
+            timings["fif_s3_tempfile"] = median_of(lambda: fif_from_s3(s3_files, "tempfile"), repeats)
             timings["ingest_1worker_s3"], _ = timed_ingest(url, lambda i: str(work / "ingest-s3"), subjects,
                                                            1, repeats, options)
             Location("s3://bench-out", options).fs.mkdir("bench-out")
@@ -202,6 +221,8 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
             local = "decode_floor" if name.startswith("decode") else "ingest_1worker"
             notes.append(f"{name} / {local}: {by[name]['median_s'] / by[local]['median_s']:.2f}x "
                          f"({by[name]['mb_per_s']:.0f} vs {by[local]['mb_per_s']:.0f} MB/s)")
+        notes.append(f"FIF from S3, read into memory / via a temporary file: "
+                     f"{by['fif_s3_memory']['median_s'] / by['fif_s3_tempfile']['median_s']:.2f}x the time")
         notes.append(f"ingest_1worker_s3 / decode_floor_s3: "
                      f"{by['ingest_1worker_s3']['median_s'] / by['decode_floor_s3']['median_s']:.2f}x")
     if long_seconds:

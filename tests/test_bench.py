@@ -43,10 +43,11 @@ def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
     """Local and S3 rows side by side, a short 'long run' and a small float BOLD run."""
     out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01", "--source", "s3",
                             "--long-seconds", "20", "--float-volumes", "4")
-    names = ["decode_floor", "ingest_1worker", "ingest_all", "decode_floor_s3", "ingest_1worker_s3",
-             "ingest_1worker_s3_to_s3", "long_run_1worker", "float_bold"]
+    names = ["decode_floor", "ingest_1worker", "ingest_all", "decode_floor_s3", "fif_s3_memory",
+             "fif_s3_tempfile", "ingest_1worker_s3", "ingest_1worker_s3_to_s3", "long_run_1worker",
+             "float_bold"]
     rows = check_shape(out, names)
-    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[3]["runs"] == 3
+    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[6]["runs"] == 3
     assert 0 < rows[-1]["peak_vs_decoded"] < 10
     assert "ingest (1 worker) / decode floor" in stdout and "projection, ds004078" in stdout
 
