@@ -9,7 +9,7 @@ from pathlib import Path
 # Measured with `bench ingest` (README "Benchmarks"): a task's peak resident memory above its start
 # is at most about this many times its two input files' bytes (MNE decodes the FIF to float64; the
 # BOLD is gunzipped); the base covers the worker's own libraries and buffers.
-MEMORY_PER_INPUT_BYTE = 6.0
+MEMORY_PER_INPUT_BYTE = 2.0  # measured at most 1.18 (bench preset runs) and 1.04 (a 600-s story)
 MEMORY_BASE_BYTES = 512 * 2**20
 
 

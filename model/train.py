@@ -25,7 +25,7 @@ from tqdm import tqdm
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.loader.storage import read_mask
 from meg2fmri.shards.errors import InputError
-from meg2fmri.shards.format import TargetLayout
+from meg2fmri.shards.format import RunId, TargetLayout
 
 from .nets import Discriminator, Generator, LowRankGenerator, VectorDiscriminator, to_tanh
 
@@ -209,7 +209,7 @@ def training_means(config: TrainConfig, target: TargetLayout) -> TrainingMeans:
         raise InputError(f"{config.shards}: the training split yielded {int((run_of >= 0).sum())} of "
                          f"{loader.samples} samples")
     if config.target == "deviation" and min(counts) < 2:
-        single = [f"sub-{s}_run-{r}" for (s, r), i in runs.items() if counts[i] < 2]
+        single = [RunId(s, r).name for (s, r), i in runs.items() if counts[i] < 2]
         raise InputError(f"{config.shards}: {len(single)} training run(s) have one sample (e.g. "
                          f"{single[0]}), so --target deviation would replace every target by the mean "
                          "training image and leave nothing to learn; use --target image (as the paper does "

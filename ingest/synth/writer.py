@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from meg2fmri.shards.commit import replace_dir
 from meg2fmri.shards.errors import InputError, OutputExistsError
+from meg2fmri.shards.format import RunId
 
 from . import bids, fmri, meg
 from .config import DEFECT_RUNS, MEG_SFREQ, RunPlan, SynthConfig, estimated_bytes
@@ -142,7 +143,7 @@ def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -
     bids.write_json(folder / CONFIG_NAME, {"config": config.to_json(),
                                            "hrf_10Hz": canonical_hrf().round(8).tolist(),
                                            "sources": sources, "hrf_peak_s": hrf_peaks,
-                                           "defect_runs": {f"sub-{s}_run-{r}": v for (s, r), v
+                                           "defect_runs": {RunId(s, r).name: v for (s, r), v
                                                            in DEFECT_RUNS.items()}})
     runs = sorted(runs, key=lambda row: (row["subject"], row["run"]))
     bids.write_tsv(folder / "runs.tsv", list(runs[0]), [list(row.values()) for row in runs])
