@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 
@@ -96,10 +98,14 @@ def preprocess_meg(files: RunFiles, story: StoryEvent) -> MegRun:
 
 
 def read_raw(path, storage_options: dict | None = None, source: Location | None = None):
-    """MNE's Raw of a FIF: a local file (decoded lazily), or an ``s3://`` object read whole with one
-    GET into memory (MNE needs ``preload=True`` with a file object; s3fs's default read-ahead made one
-    GET per FIF, ``cache_type="none"`` 66 and was 16-19x slower); or an error naming the file.
-    ``path`` is relative to ``source`` when one is given, else a path or URL."""
+    """MNE's Raw of a FIF: a local file (decoded lazily), or an ``s3://`` object downloaded whole into
+    a task-local temporary file (deleted once decoded), or an error naming the file. ``path`` is
+    relative to ``source`` when one is given, else a path or URL.
+
+    Measured (`bench ingest --source s3`): the temporary file took 0.73x the time of reading the
+    object into memory and handing MNE a file object (which needs ``preload=True`` and holds the
+    object's bytes beside the decoded data); s3fs's default read-ahead made one GET per FIF,
+    ``cache_type="none"`` 66 and was 16-19x slower."""
     if source is None:
         text = str(path)
         parent, _, name = text.rpartition("/")
@@ -109,8 +115,10 @@ def read_raw(path, storage_options: dict | None = None, source: Location | None 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if source.remote:
-                data = source.read_bytes(path)
-                return mne.io.read_raw_fif(io.BytesIO(data), preload=True, verbose="error")
+                with tempfile.TemporaryDirectory(prefix="meg2fmri-fif-") as folder:
+                    local = os.path.join(folder, "run_meg.fif")
+                    source.fs.get_file(source.path(path), local)
+                    return mne.io.read_raw_fif(local, preload=True, verbose="error")
             return mne.io.read_raw_fif(source.path(path), preload=False, verbose="error")
     except FileNotFoundError:
         raise RunInputError(f"{url}: no such MEG file") from None
