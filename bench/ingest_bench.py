@@ -45,15 +45,14 @@ DS004078_MEAN_STORY_S = 303.5  # mean audio_dur_s of the 60 stories (reference d
 
 
 def decode_floor(files: list) -> None:
-    """Read every FIF with MNE and gunzip every NIfTI with ISA-L (bytes fetched whole first)."""
+    """Read every FIF with MNE and gunzip every NIfTI with ISA-L (bytes fetched whole first; a FIF on
+    S3 through a temporary file, the faster way measured)."""
     for f in files:
-        source = f.source
-        if source.remote:
-            raw = mne.io.read_raw_fif(io.BytesIO(source.read_bytes(f.meg)), preload=True, verbose="error")
+        if f.source.remote:
+            fif_from_s3([f], "tempfile")
         else:
-            raw = mne.io.read_raw_fif(source.path(f.meg), preload=True, verbose="error")
-        data = igzip.decompress(source.read_bytes(f.bold))
-        del raw, data
+            mne.io.read_raw_fif(f.source.path(f.meg), preload=True, verbose="error")
+        igzip.decompress(f.source.read_bytes(f.bold))
 
 
 def fif_from_s3(files: list, how: str) -> None:

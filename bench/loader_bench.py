@@ -35,6 +35,7 @@ from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.loader.decode import SampleLayout, shard_arrays
 from meg2fmri.loader.storage import open_store
 from meg2fmri.loader.zarr_samples import ZarrSamples, collate_batch, export_zarr
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.index import ShardIndex, read_index
 
 from .fixtures import ensure_shards, moto_process, upload_train_shards
@@ -72,7 +73,7 @@ def paper_style(bids_root: Path, shards: Path, index: ShardIndex, samples: int) 
     import mne
     import nibabel as nib
 
-    files = {(f.subject, f.run): f for f in find_runs(bids_root)[0]}
+    files = {(f.subject, f.run): f for f in find_runs(Location(bids_root))[0]}
     entry = next(e for e in index.shards if e.split == "train")
     arrays = shard_arrays(open_store(shards).shard(entry), entry, SampleLayout.from_index(index))
     mask = None  # a per-sample loader would read the mask once, not per sample
@@ -82,10 +83,10 @@ def paper_style(bids_root: Path, shards: Path, index: ShardIndex, samples: int) 
     for meta in arrays.metadata(np.linspace(0, entry.count - 1, samples).astype(int)):
         start = time.perf_counter()
         f = files[(meta["subject"], meta["run"])]
-        raw = mne.io.read_raw_fif(f.meg, preload=False, verbose="error")
+        raw = mne.io.read_raw_fif(f.url("meg"), preload=False, verbose="error")
         first = int(meta["meg_sample"] * raw.info["sfreq"] / 100)
         meg = raw.get_data(start=first, stop=first + int(2 * raw.info["sfreq"])).mean(axis=1)
-        volume = np.asarray(nib.load(f.bold).dataobj[..., meta["fmri_volume"]], dtype=np.float32)
+        volume = np.asarray(nib.load(f.url("bold")).dataobj[..., meta["fmri_volume"]], dtype=np.float32)
         if index.target["kind"] == "slice":
             image = resize_bilinear(volume[:, :, meta["slice"]], index.image_size)
         else:  # whole-brain targets: every in-mask voxel
