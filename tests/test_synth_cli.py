@@ -75,7 +75,10 @@ def test_ctrl_c_leaves_no_partial_dataset(tmp_path: Path):
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "meg2fmri.ingest.synth.cli", "--out", str(out), "--quiet",
            "--preset", "tiny", "--subjects", "01,02,03", "--runs", "1-10", "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: give synth the default disposition, as a terminal would
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".ds.partial-*/sub-01/meg/*_meg.fif")):
         assert proc.poll() is None and time.monotonic() < deadline, "synth never started writing"
