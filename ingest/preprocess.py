@@ -102,7 +102,7 @@ def read_raw(path, storage_options: dict | None = None, source: Location | None 
     a task-local temporary file (deleted once decoded), or an error naming the file. ``path`` is
     relative to ``source`` when one is given, else a path or URL.
 
-    Measured (`bench ingest --source s3`): the temporary file took 0.73x the time of reading the
+    Measured (`bench ingest --source s3`): the temporary file took 0.73-0.81x the time of reading the
     object into memory and handing MNE a file object (which needs ``preload=True`` and holds the
     object's bytes beside the decoded data); s3fs's default read-ahead made one GET per FIF,
     ``cache_type="none"`` 66 and was 16-19x slower."""
