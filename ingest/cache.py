@@ -98,10 +98,6 @@ def list_runs(out: Location) -> list[tuple[str, int]]:
     return sorted((r.subject, r.run) for r, attrs in run_groups(out).items() if attrs is not None)
 
 
-def run_name(subject: str, run: int) -> str:
-    return RunId(subject, run).name
-
-
 def is_cached(attrs: dict | None, files: RunFiles) -> bool:
     """True if the committed run (``attrs`` from ``run_groups``) is cached from these very files (size
     and ETag on S3, size and mtime locally). A run cached before affines were kept is decoded again."""
@@ -164,7 +160,7 @@ class CachedRun:
 
     @property
     def name(self) -> str:
-        return run_name(self.subject, self.run)
+        return RunId(self.subject, self.run).name
 
     def images(self, volumes: list[int], axial_slice: int) -> np.ndarray:
         """One axial slice of each of ``volumes``, normalised to [0, 1], float32 ``(n, y, x)``: one

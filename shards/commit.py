@@ -82,9 +82,6 @@ class Location:
     def url_of(self, rel: str = "") -> str:
         return f"{S3}{self.path(rel)}" if self.remote else self.path(rel)
 
-    def child(self, rel: str) -> Location:
-        return Location(self.url_of(rel), self.storage_options, self.anon)
-
     # reading
     def exists(self, rel: str = "") -> bool:
         return self.fs.exists(self.path(rel))

@@ -11,7 +11,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .commit import write_atomic
 from .errors import IntegrityError, ShardIntegrityError
 from .format import META_BYTES, TargetLayout, member_sizes, sample_stride
 from .split import SPLITS
@@ -106,13 +105,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def index_bytes(index: ShardIndex) -> bytes:
     return (json.dumps(index.to_json(), indent=1) + "\n").encode()
-
-
-def write_index(folder: Path, index: ShardIndex) -> Path:
-    """``folder/index.json``, atomically (ingest writes it last, through its ``Location``)."""
-    path = Path(folder) / INDEX_NAME
-    write_atomic(path, index_bytes(index))
-    return path
 
 
 def read_index(path: Path) -> ShardIndex:
