@@ -26,7 +26,7 @@ from .pairing import consensus_slice, feature_names
 from .pairs import load_pairs, paired_runs, reset_work
 from .plan import check_out, plan
 from .shard_writer import write_shards
-from .task import ingest_run, needs_survey
+from .task import ingest_run, needs_survey, slice_profile
 
 
 @dataclass
@@ -49,13 +49,8 @@ def result_of_done(out: Location, config: IngestConfig, run: RunId, attrs: dict)
     pairs = load_pairs(out, config.pairing, run)
     return {"subject": run.subject, "run": run.run, "ok": True, "count": len(pairs.meta),
             "slice": pairs.meta[0]["slice"], "decoded": False, "resumed": True, "warnings": attrs["warnings"],
-            "storage_error": pairs.storage_error, "digests": attrs.get("digests", {})}
-
-
-def slice_profile(out: Location, config: IngestConfig, run: RunId) -> list[float]:
-    """Per-slice correlation of the slice means with the MEG profile (the paper's Fig. 1)."""
-    correlation = load_pairs(out, config.pairing, run).correlation
-    return [round(float(c), 4) if np.isfinite(c) else None for c in correlation]
+            "storage_error": pairs.storage_error, "digests": attrs.get("digests", {}),
+            "slice_correlation": slice_profile(pairs.correlation)}
 
 
 def done_runs(out: Location, config: IngestConfig, tasks: list[RunTask]) -> dict[RunId, dict]:
@@ -330,7 +325,7 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
             "config": config.to_json() | {
                 "slice_choice" if config.pairing.target == "slice" else "target_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
-                      "slice_correlation": slice_profile(out, config, RunId(r["subject"], r["run"]))}
+                      "slice_correlation": r["slice_correlation"]}
                      for r in results if r["ok"]],
             "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
             "duplicates": duplicates,

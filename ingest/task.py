@@ -38,6 +38,12 @@ def survey(cached: cache.CachedRun, pairing: PairingConfig) -> dict:
                                                                  "affine": affine.tolist()}}
 
 
+def slice_profile(correlation: np.ndarray) -> list[float | None]:
+    """Per-slice correlation of the slice means with the MEG profile (the paper's Fig. 1), for the
+    index: rounded, None where undefined."""
+    return [round(float(c), 4) if np.isfinite(c) else None for c in correlation]
+
+
 def decode_run(task: RunTask, config: IngestConfig, lap) -> float:
     """Read the run's FIF and NIfTI once, preprocess, and commit its cache group; decoded MB."""
     files = task.files
@@ -99,4 +105,5 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
         return {**head, "ok": False, "error": f"{task.id}: unexpected {type(err).__name__}: {err}"}
     return {**common, "count": len(pairs.meta), "slice": pairs.slice,
             "warnings": cached.attrs["warnings"] + pairs.warnings, "storage_error": error,
+            "slice_correlation": slice_profile(pairs.slice_correlation),
             "peak_task_mb": resident_mb("VmHWM") - baseline_mb}

@@ -184,6 +184,9 @@ def test_kill_9_then_rerun_gives_the_same_shards(tiny_root: Path, tmp_path: Path
     decoded_again = sum(1 for r in report.results if r["decoded"])
     assert decoded_again <= 12 - cached  # runs cached before the kill are not decoded again
     assert shard_digests(out) == shard_digests(ingested)
+    # the index's per-run profiles, of runs resumed and of runs paired again alike
+    assert [r["slice_correlation"] for r in read_index(out).runs] == \
+        [r["slice_correlation"] for r in read_index(ingested).runs]
 
 
 def free_port() -> int:
