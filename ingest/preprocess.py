@@ -3,9 +3,9 @@
 MEG: read the FIF once with MNE -> story onset from STI101 (the dataset's known trigger faults
 repaired) -> resample to 100 Hz (polyphase anti-aliasing FIR) -> z-score each of the 328 channels
 over the run.
-fMRI: read the NIfTI once with nibabel -> check TR and shape -> per-volume slice means (numba,
-on the int16 data) -> the run's min and max, which min-max normalise it to [0, 1] (the cache
-stores the int16 values with that exact scale).
+fMRI: read the NIfTI once with nibabel -> check TR and shape -> per-volume slice means and the
+run's min and max in one numba pass on the int16 data; min and max normalise the run to [0, 1]
+(the cache stores the int16 values with that exact scale).
 
 Every error names the file and what is wrong.
 """
@@ -29,7 +29,7 @@ from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 
 from .bids_io import RunFiles, StoryEvent
-from .kernels import NonFiniteError, slice_means, slice_means_numpy, zscore_channels
+from .kernels import NonFiniteError, decimate, slice_means_numpy, slice_stats, zscore_channels
 
 MEG_SFREQ = 100.0  # Hz after resampling (paper)
 STORY_BEGIN, STORY_END = 1, 2  # STI101 values
@@ -85,9 +85,9 @@ def anti_alias_fir(factor: int) -> np.ndarray:
 
 def resample_meg(data: np.ndarray, factor: int, stim_rows: list[int]) -> np.ndarray:
     """Decimate ``(channels, samples)`` by ``factor``: polyphase FIR (scipy's ``resample_poly``,
-    the method of MNE's ``Raw.resample(method="polyphase")``) for signals; trigger channels are
-    subsampled, not filtered, as MNE does, so their steps stay steps."""
-    out = signal.resample_poly(data, 1, factor, axis=1, window=anti_alias_fir(factor))
+    the method of MNE's ``Raw.resample(method="polyphase")``, as a numba kernel that equals it) for
+    signals; trigger channels are subsampled, not filtered, as MNE does, so their steps stay steps."""
+    out = decimate(data, anti_alias_fir(factor), factor)
     out[stim_rows] = data[stim_rows, ::factor][:, :out.shape[1]]
     return out
 
@@ -256,13 +256,16 @@ def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, np.ndarra
 
 def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
     volumes, affine = load_bold(files, tr_sidecar)
-    if volumes.dtype == np.int16:
-        means = slice_means(volumes)
+    if volumes.size == 0:
+        raise RunInputError(f"{files.url('bold')}: no voxels (shape {volumes.shape[::-1]})")
+    if volumes.dtype == np.int16:  # the scanner's values: means, min and max in one pass
+        means, lo, hi = slice_stats(volumes)
     else:
         if not np.isfinite(volumes).all():
             raise RunInputError(f"{files.url('bold')}: the BOLD data hold NaN or infinite values")
         means = slice_means_numpy(volumes)
-    lo, hi = float(volumes.min()), float(volumes.max())
+        lo, hi = volumes.min(), volumes.max()
+    lo, hi = float(lo), float(hi)
     if hi <= lo:
         raise RunInputError(f"{files.url('bold')}: the run is constant ({lo}); nothing to normalise")
     return FmriRun(volumes, (means - lo) / (hi - lo), tr_sidecar, (lo, hi), affine)

@@ -24,7 +24,8 @@ def check_shape(path: Path, names: list[str]) -> list[dict]:
 def test_bench_kernels_json(tmp_path: Path):
     out = tmp_path / "kernels.json"
     assert bench_cli.main(["kernels", "--repeats", "1", "--json", str(out)]) == 0
-    rows = check_shape(out, ["memcpy", "zscore_numba", "zscore_numpy", "slicecorr_numba", "slicecorr_numpy"])
+    rows = check_shape(out, ["memcpy", "zscore_numba", "zscore_numpy", "slicecorr_numba", "slicecorr_numpy",
+                             "decimate_numba", "decimate_numpy"])
     assert all("speedup_vs_numpy" in r for r in rows if r["name"].endswith("_numba"))
 
 

@@ -12,14 +12,18 @@ from hypothesis.extra import numpy as hnp
 from meg2fmri.ingest.kernels import (
     NonFiniteError,
     correlate_slices,
+    decimate,
+    decimate_numpy,
     slice_correlation,
     slice_correlation_numpy,
     slice_means,
     slice_means_numpy,
+    slice_stats,
     zscore_channels,
     zscore_channels_numpy,
 )
 from meg2fmri.ingest.pairing import resize_bilinear
+from meg2fmri.ingest.preprocess import anti_alias_fir, resample_meg
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -67,6 +71,37 @@ def test_non_finite_meg_is_rejected(bad):
                                       st.integers(1, 9))))
 def test_slice_means_match_numpy(volumes):
     assert np.allclose(slice_means(volumes), slice_means_numpy(volumes), rtol=0, atol=1e-9)
+
+
+@FAST
+@given(hnp.arrays(np.int16, st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 6),
+                                      st.integers(1, 6))))
+def test_slice_stats_give_the_means_and_the_runs_extremes(volumes):
+    means, lo, hi = slice_stats(volumes)
+    assert np.allclose(means, slice_means_numpy(volumes), rtol=0, atol=1e-9)
+    assert (lo, hi) == (int(volumes.min()), int(volumes.max()))
+
+
+@FAST
+@given(st.integers(1, 12), st.integers(1, 400), st.integers(2, 12), st.integers(0, 2**31 - 1))
+def test_decimate_equals_scipys_resample_poly(channels, samples, factor, seed):
+    # every length against every factor: shorter than the filter, not a multiple of the factor
+    x = np.random.default_rng(seed).normal(0, 50, (channels, samples))
+    fir = anti_alias_fir(factor)
+    expected = decimate_numpy(x, fir, factor)
+    got = decimate(x, fir, factor)
+    assert got.shape == expected.shape
+    assert np.allclose(got, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_resampled_meg_keeps_trigger_steps_and_filters_the_rest():
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(3, 2000))
+    data[2] = 0.0
+    data[2, 700:900] = 1.0  # a trigger channel: a step that must stay a step
+    out = resample_meg(data, 10, [2])
+    assert np.array_equal(out[2], data[2, ::10])
+    assert np.allclose(out[:2], decimate_numpy(data[:2], anti_alias_fir(10), 10), atol=1e-12)
 
 
 def test_slice_means_of_a_transposed_nibabel_array():
