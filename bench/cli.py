@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--long-seconds", type=float, default=600.0,
                         help="story length of the one long run timed for the ds004078 projection (0: skip)")
     ingest.add_argument("--float-volumes", type=int, default=150,
-                        help="volumes of the float32 MNI-shaped run whose peak memory is measured")
+                        help="volumes of the float32 MNI-shaped run whose peak memory is measured (0: skip)")
     loader = sub.add_parser("loader", help="our loader vs webdataset, MNE+nibabel, S3, Zarr, memcpy",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dataset_options(loader, "folder for the demo dataset, its shards and the Zarr copy (reused if present)")

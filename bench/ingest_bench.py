@@ -242,10 +242,11 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
                   f"{total_s / (16 * efficiency) / 3600:.1f} h "
                   f"with {16 * memory_gb:.0f} GB for 16 tasks; N nodes from S3: that / N while each node's "
                   f"S3 bandwidth exceeds {16 * long['input_mb'] / long['ingest_s']:.0f} MB/s"]
-    peak, decoded_mb, seconds = float_bold_peak(work, float_volumes)
-    rows.append(row("float_bold", seconds, decoded_mb / seconds, "MB/s", decoded_mb=decoded_mb, peak_mb=peak,
-                    peak_vs_decoded=peak / decoded_mb))
-    notes.append(f"float32 MNI-shaped BOLD ({float_volumes} volumes, {decoded_mb:.0f} MB decoded): peak "
-                 f"{peak:.0f} MB = {peak / decoded_mb:.2f}x (target <= 1.5x)")
+    if float_volumes > 0:
+        peak, decoded_mb, seconds = float_bold_peak(work, float_volumes)
+        rows.append(row("float_bold", seconds, decoded_mb / seconds, "MB/s", decoded_mb=decoded_mb,
+                        peak_mb=peak, peak_vs_decoded=peak / decoded_mb))
+        notes.append(f"float32 MNI-shaped BOLD ({float_volumes} volumes, {decoded_mb:.0f} MB decoded): peak "
+                     f"{peak:.0f} MB = {peak / decoded_mb:.2f}x (target <= 1.5x)")
     shutil.rmtree(work / "long-ingest", ignore_errors=True)
     return rows, notes
