@@ -44,6 +44,22 @@ def slice_profile(correlation: np.ndarray) -> list[float | None]:
     return [round(float(c), 4) if np.isfinite(c) else None for c in correlation]
 
 
+def unexpected_error(task: RunTask, err: Exception) -> str:
+    """What a task says of an error its checks did not foresee. Missing AWS credentials (botocore's
+    NoCredentialsError through s3fs) are the common one on a cluster: the driver's machine has them,
+    the node that ran the task does not."""
+    from botocore.exceptions import NoCredentialsError
+
+    if isinstance(err, NoCredentialsError):
+        import socket
+
+        return (f"{task.id}: no AWS credentials on {socket.gethostname()}, the machine that ran this task: "
+                "S3 needs them on every Ray node (an instance role, or the AWS_* variables in the nodes' "
+                "environment; a Ray started before they were set does not see them) or in "
+                "--storage-options; for a public --bids-root only, --anon")
+    return f"{task.id}: unexpected {type(err).__name__}: {err}"
+
+
 def decode_run(task: RunTask, config: IngestConfig, lap) -> float:
     """Read the run's FIF and NIfTI once, preprocess, and commit its cache group; decoded MB."""
     files = task.files
@@ -102,7 +118,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
     except (Meg2fmriError, OSError, ValueError) as err:
         return {**head, "ok": False, "error": str(err)}
     except Exception as err:  # a bug must not stop the other runs either; say what it was
-        return {**head, "ok": False, "error": f"{task.id}: unexpected {type(err).__name__}: {err}"}
+        return {**head, "ok": False, "error": unexpected_error(task, err)}
     return {**common, "count": len(pairs.meta), "slice": pairs.slice,
             "warnings": cached.attrs["warnings"] + pairs.warnings, "storage_error": error,
             "slice_correlation": slice_profile(pairs.slice_correlation),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -130,12 +132,11 @@ def test_paper_pairing_and_bandpower_from_cache(ingested: Path, tmp_path: Path, 
             assert s.meta["story_time_s"] == 0.0 and s.meg.shape == (1640,)
 
 
-def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path, tmp_path: Path, ray_session):
-    """--preprocessed reads derivatives/preprocessed_data/sub-XX/{MEG,MNI} (the real layout) and
-    takes fMRI events and sidecars from the raw tree."""
+def preprocessed_tree(tiny_root: Path, root: Path) -> Path:
+    """The tiny dataset in ds004078's derivatives layout (derivatives/preprocessed_data/sub-XX/{MEG,MNI},
+    runs 1 of sub-01 and sub-02), with the raw tree's events and sidecars and no raw data files."""
     import shutil
 
-    root = tmp_path / "bids"
     shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("*.fif", "*.nii.gz"))
     for subject in ["01", "02"]:
         meg_dir = root / f"derivatives/preprocessed_data/sub-{subject}/MEG"
@@ -145,6 +146,17 @@ def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path,
         stem = f"sub-{subject}_task-RDR_run-1"
         (meg_dir / f"{stem}_meg.fif").symlink_to(tiny_root / f"sub-{subject}/meg/{stem}_meg.fif")
         (mni_dir / f"{stem}_bold.nii.gz").symlink_to(tiny_root / f"sub-{subject}/func/{stem}_bold.nii.gz")
+    return root
+
+
+def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path, tmp_path: Path, ray_session,
+                                                                 s3_server, monkeypatch):
+    """--preprocessed reads derivatives/preprocessed_data/sub-XX/{MEG,MNI} (the real layout) and
+    takes fMRI events and sidecars from the raw tree; from an s3:// copy of the tree, the same shards
+    (credentials in --storage-options reach every task); a task that finds no credentials says so."""
+    from conftest import upload_folder
+
+    root = preprocessed_tree(tiny_root, tmp_path / "bids")
     out = tmp_path / "out"
     assert ingest("--bids-root", str(root), "--out", str(out), "--preprocessed", "--held-out", "02",
                   "--held-out-stories", "none") == 0
@@ -153,3 +165,35 @@ def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path,
     sources = zarr.open_group(out / "cache.zarr/sub-01_run-1", mode="r").attrs["sources"]
     assert "derivatives/preprocessed_data/sub-01/MEG" in sources["meg"]["path"]
     assert "derivatives/preprocessed_data/sub-01/MNI" in sources["bold"]["path"]
+
+    url = upload_folder(s3_server, root, "meg2fmri-preprocessed", "ds004078")
+    remote_out = tmp_path / "from-s3"
+    keys = json.dumps({"key": os.environ["AWS_ACCESS_KEY_ID"], "secret": os.environ["AWS_SECRET_ACCESS_KEY"]})
+    assert ingest("--bids-root", url, "--endpoint-url", s3_server, "--no-anon", "--storage-options", keys,
+                  "--out", str(remote_out), "--preprocessed", "--held-out", "02", "--held-out-stories",
+                  "none") == 0
+    remote = read_index(remote_out)
+    assert [(e.name, e.count, e.sha256) for e in remote.shards] == [(e.name, e.count, e.sha256)
+                                                                    for e in index.shards]
+    sources = zarr.open_group(remote_out / "cache.zarr/sub-01_run-1", mode="r").attrs["sources"]
+    assert sources["bold"]["path"].startswith(f"{url}/derivatives/preprocessed_data/sub-01/MNI/")
+    assert sources["bold"].get("etag")  # S3 stamps: size and ETag, not mtime
+
+    # a Ray node without credentials (the task arrives pickled, as Ray sends it, and finds none)
+    import pickle
+
+    from meg2fmri.ingest.config import IngestConfig
+    from meg2fmri.ingest.plan import plan
+    from meg2fmri.ingest.task import ingest_run
+
+    config = IngestConfig(url, str(tmp_path / "no-credentials"), preprocessed=True, anon=False,
+                          storage_options={"endpoint_url": s3_server})
+    task = pickle.dumps(plan(config)[0][0])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-such-file"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-such-file"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # and no instance role to ask
+    result = ingest_run(pickle.loads(task), config)
+    assert not result["ok"] and "sub-01_run-1: no AWS credentials on" in result["error"]
+    assert "every Ray node" in result["error"] and "--storage-options" in result["error"]
