@@ -168,7 +168,7 @@ def slice_stats(volumes: np.ndarray) -> tuple[np.ndarray, int, int]:
     ``(x, y, z, t)`` array, so no copy is made.
     """
     if volumes.dtype != np.int16:
-        raise TypeError(f"slice_means needs int16 volumes, got {volumes.dtype}")
+        raise TypeError(f"slice_stats needs int16 volumes, got {volumes.dtype}")
     if volumes.size == 0:
         raise ValueError(f"no voxels in volumes of shape {volumes.shape}")
     volumes = np.ascontiguousarray(volumes)
