@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fsspec
 
-from .errors import InputError
+from .errors import InputError, OutputNotWritableError
 
 S3 = "s3://"
 
@@ -163,6 +163,42 @@ class Location:
                     f._abort_mpu()
             raise
         f.close()
+
+    def check_writable(self, option: str = "--out") -> None:
+        """Raise ``OutputNotWritableError`` naming ``option`` unless something can be written here, before
+        any work starts. Locally the folder is created (with its parents) if missing, a probe file
+        written and removed, and any folder created for the check removed again; on S3 a probe object is
+        put and deleted. Nothing is left behind either way."""
+        probe = f".meg2fmri-write-probe-{os.getpid()}"
+        if self.remote:
+            try:
+                self.put(probe, b"")
+                self.remove(probe)
+            except Exception as err:  # botocore, aiohttp and s3fs raise many types
+                raise OutputNotWritableError(
+                    f"{option} {self.url}: cannot write there ({type(err).__name__}: {err}); check the "
+                    "bucket name, the credentials and --endpoint-url") from None
+            return
+        path = Path(self.root)
+        created = []
+        try:
+            missing = path
+            while not missing.exists():
+                created.append(missing)
+                missing = missing.parent
+            if not missing.is_dir():
+                raise NotADirectoryError(f"{missing} is a file")
+            path.mkdir(parents=True, exist_ok=True)
+            (path / probe).write_bytes(b"")
+            (path / probe).unlink()
+        except OSError as err:
+            raise OutputNotWritableError(
+                f"{option} {self.root}: cannot write there ({err.strerror or err}); choose a folder you "
+                "can write") from None
+        finally:
+            for folder in created:  # the deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def remove(self, rel: str) -> None:
         """Delete ``rel`` (an object or everything under a prefix); nothing if it is not there."""

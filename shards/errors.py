@@ -26,6 +26,15 @@ class OutputExistsError(Meg2fmriError, FileExistsError):
     """An output location already holds data that we refuse to overwrite."""
 
 
+class OutputNotWritableError(InputError):
+    """An output location (``--out``) cannot be written: checked before any work starts."""
+
+
+class StaleAttemptError(Meg2fmriError):
+    """A task of an earlier, superseded ingest attempt tried to write (a straggler of a killed driver):
+    the write is refused, so it can never be taken as committed."""
+
+
 class IntegrityError(Meg2fmriError, OSError):
     """Data on disk is not what its index or header says (corrupt, truncated, wrong hash)."""
 
@@ -36,3 +45,10 @@ class ShardIntegrityError(IntegrityError):
 
 class ShardReadError(Meg2fmriError, OSError):
     """A shard could not be read from its storage, after retries (network, server, permissions)."""
+
+
+def exit_status(err: Meg2fmriError) -> int:
+    """A command's exit code for an error it reports: 2 for bad input (an argument, an input file, an
+    output that cannot or may not be written), 1 for anything else (data found corrupt, a read that
+    failed after retries)."""
+    return 2 if isinstance(err, InputError | OutputExistsError) else 1

@@ -160,13 +160,32 @@ def sample_stride(n_features: int, target: TargetLayout) -> int:
     return sum(TAR_BLOCK + -(-n // TAR_BLOCK) * TAR_BLOCK for n in member_sizes(n_features, target).values())
 
 
+def check_sample(sample: Sample, width: int, target: TargetLayout) -> None:
+    """Refuse a sample that does not fit the index: MEG ``(width,)`` float32, the target ``target.shape``
+    in a float dtype that ``target.dtype`` holds exactly or by rounding (float32 or the target's own)."""
+    meg, fmri = np.asarray(sample.meg), np.asarray(sample.fmri)
+    problems = []
+    if meg.shape != (width,) or meg.dtype != SAMPLE_DTYPE:
+        problems.append(f"MEG {meg.dtype} {meg.shape}, the index says float32 ({width},)")
+    if fmri.shape != tuple(target.shape) or fmri.dtype not in (SAMPLE_DTYPE, target.np_dtype):
+        problems.append(f"fMRI {fmri.dtype} {fmri.shape}, the index says {target.dtype} "
+                        f"{tuple(target.shape)}")
+    if problems:
+        raise ShardIntegrityError(f"sample {sample.key}: {'; '.join(problems)}: refusing to write a shard "
+                                  "that mixes shapes (a bug upstream of the shard writer: please report it)")
+
+
 def write_shard(path: Path | BinaryIO, samples: Iterable[Sample],
-                target_dtype: np.dtype = SAMPLE_DTYPE) -> int:
-    """Write ``samples`` as a tar to ``path`` or a binary file (the caller commits it); return the count."""
+                target_dtype: np.dtype = SAMPLE_DTYPE,
+                expect: tuple[int, TargetLayout] | None = None) -> int:
+    """Write ``samples`` as a tar to ``path`` or a binary file (the caller commits it); return the count.
+    With ``expect`` (feature width, target layout), every sample is checked first (``check_sample``)."""
     count = 0
     where = {"fileobj": path} if hasattr(path, "write") else {"name": path}
     with tarfile.open(mode="w", format=tarfile.USTAR_FORMAT, **where) as tar:
         for sample in samples:
+            if expect is not None:
+                check_sample(sample, *expect)
             for member, payload in ((MEG_MEMBER, npy_bytes(sample.meg)),
                                     (FMRI_MEMBER, npy_bytes(sample.fmri, target_dtype)),
                                     (META_MEMBER, meta_bytes(sample.meta))):

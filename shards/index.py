@@ -49,6 +49,9 @@ class ShardIndex:
     failed: list[dict] = field(default_factory=list)  # runs that could not be ingested (or were skipped)
     # groups of runs whose decoded MEG or BOLD are identical: {"data": "meg"|"bold", "runs", "sha256"}
     duplicates: list[dict] = field(default_factory=list)
+    # the options the shards were made with, as asked for (compared when ingest runs again into the
+    # same --out: other options are refused unless --overwrite)
+    options: dict | None = None
 
     @property
     def target_layout(self) -> TargetLayout:
@@ -64,6 +67,16 @@ class ShardIndex:
     def held_out(self, kind: str) -> list:
         """Held-out ``"subjects"`` or ``"stories"``."""
         return self.split[kind]["held_out"]
+
+    def missing_runs(self) -> list[str]:
+        """One line per run the ingest could not use (failed, or skipped as a duplicate), with why:
+        what ``train`` and ``evaluate`` print and ``results.md`` names, so a partial dataset is seen."""
+        lines = []
+        for f in self.failed:
+            name = f"sub-{f['subject']}_run-{f['run']}"
+            split = f" ({f['split']})" if f.get("split") else ""
+            lines.append(f"{name}{split}: {f['error'].removeprefix(f'{name}: ')}")
+        return lines
 
     def count(self, split: str | None = None) -> int:
         return sum(s.count for s in self.shards if split is None or s.split == split)
@@ -91,7 +104,8 @@ class ShardIndex:
             size = obj["image_size"]
             obj = {**obj, "target": {"kind": "slice", "shape": [size, size], "dtype": "float32"}}
         keys = ("dataset", "features", "target", "split", "config", "runs", "failed")
-        fields = {k: obj[k] for k in keys} | {"duplicates": obj.get("duplicates", [])}
+        fields = {k: obj[k] for k in keys} | {"duplicates": obj.get("duplicates", []),
+                                              "options": obj.get("options")}
         return cls(shards=[ShardEntry(**s) for s in obj["shards"]], **fields)
 
 
