@@ -39,6 +39,7 @@ class RunFiles:
     bold: str  # *_bold.nii.gz
     bold_json: str  # raw-tree sidecar
     bold_events: str  # raw-tree func events.tsv: story onset and duration
+    meg_channels: str = ""  # *_channels.tsv beside the FIF (may be missing): names and status
     stamps: dict = field(default_factory=dict, compare=False)  # "meg"/"bold": size and ETag or mtime
 
     @property
@@ -106,8 +107,10 @@ def find_runs(source: Location, preprocessed: bool = False) -> tuple[list[RunFil
         stem = f"sub-{subject}_task-{TASK}_run-{run}"
         (meg, meg_info), (bold, bold_info) = megs[key], bolds[key]
         func = f"sub-{subject}/func"
-        runs.append(RunFiles(source, RunId(subject, run), meg, f"{meg.rsplit('/', 1)[0]}/{stem}_events.tsv",
+        meg_dir = meg.rsplit("/", 1)[0]
+        runs.append(RunFiles(source, RunId(subject, run), meg, f"{meg_dir}/{stem}_events.tsv",
                              bold, f"{func}/{stem}_bold.json", f"{func}/{stem}_events.tsv",
+                             f"{meg_dir}/{stem}_channels.tsv",
                              {"meg": source.stamp(meg, meg_info), "bold": source.stamp(bold, bold_info)}))
     return runs, notes
 
@@ -119,6 +122,59 @@ def read_tsv(source: Location, rel: str) -> list[dict[str, str]]:
     except FileNotFoundError:
         raise BidsInputError(f"{source.url_of(rel)} is missing") from None
     return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+
+
+@dataclass(frozen=True)
+class ChannelSet:
+    """The dataset's channels in one canonical order, for every run's features.
+
+    ``names``: the channel list (``channels.tsv`` ``name`` column) that most runs share, in its file
+    order, minus ``bad``: every channel whose ``status`` is ``bad`` in the ``channels.tsv`` of any run
+    being ingested. The policy is one for the whole dataset (a bad channel is excluded from every run),
+    so the feature width never changes from run to run. Each run's MEG is read by these names; a run
+    whose FIF lacks one of them fails alone, naming it."""
+
+    names: tuple[str, ...]
+    bad: tuple[str, ...] = ()
+    found_from: str = ""
+
+    def to_json(self) -> dict:
+        return {"names": list(self.names), "bad": list(self.bad), "found_from": self.found_from,
+                "policy": "channels by name in this order; a channel marked bad in any run's channels.tsv "
+                          "is excluded from every run"}
+
+
+def read_channel_tables(source: Location, runs: list[RunFiles]) -> dict[RunId, list[dict[str, str]]]:
+    """The rows of each run's ``channels.tsv`` (fetched together: concurrently on S3); runs without one
+    are left out."""
+    paths = {source.path(r.meg_channels): r.id for r in runs if r.meg_channels}
+    found = source.fs.cat(list(paths), on_error="omit") if paths else {}
+    tables = {}
+    for path, data in found.items():
+        if isinstance(data, Exception):
+            continue
+        text = data.decode("utf-8-sig")
+        tables[paths[path]] = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+    return tables
+
+
+def dataset_channels(source: Location, runs: list[RunFiles]) -> ChannelSet | None:
+    """The canonical ``ChannelSet`` from the runs' ``channels.tsv`` files; None if no run has one (then
+    the first run's FIF names them: ``preprocess.fif_channels``)."""
+    tables = read_channel_tables(source, runs)
+    lists: dict[tuple[str, ...], list[RunId]] = {}
+    bad: set[str] = set()
+    for run, rows in sorted(tables.items()):
+        if not rows or "name" not in rows[0]:
+            raise BidsInputError(f"{source.url_of(next(r.meg_channels for r in runs if r.id == run))}: "
+                                 "no 'name' column; fix the file or delete it")
+        lists.setdefault(tuple(row["name"] for row in rows), []).append(run)
+        bad |= {row["name"] for row in rows if row.get("status", "").strip().lower() == "bad"}
+    if not lists:
+        return None
+    names, users = max(lists.items(), key=lambda item: len(item[1]))  # ties: the first run's list
+    return ChannelSet(tuple(n for n in names if n not in bad), tuple(sorted(bad)),
+                      f"channels.tsv of {len(users)} of {len(tables)} runs")
 
 
 def participant_sexes(source: Location) -> dict[str, str]:

@@ -31,6 +31,7 @@ from meg2fmri.shards.errors import InputError, IntegrityError
 from meg2fmri.shards.format import RunId
 
 from .bids_io import RunFiles, StoryEvent
+from .fence import fence
 from .preprocess import MEG_SFREQ, FmriRun, MegRun
 
 CACHE_NAME = "cache.zarr"
@@ -46,7 +47,8 @@ def group_path(run: RunId) -> str:
     return f"{CACHE_NAME}/{run.name}"
 
 
-def open_root(out: Location, dataset: dict, sexes: dict[str, str] | None) -> Location:
+def open_root(out: Location, dataset: dict, sexes: dict[str, str] | None,
+              channels: dict | None = None) -> Location:
     """Create the cache root, or check that an existing one caches the same dataset (the driver alone
     writes the root's attributes; each task writes only its own run's group)."""
     group = zarr.open_group(out.zarr_store(CACHE_NAME), mode="a")
@@ -58,6 +60,8 @@ def open_root(out: Location, dataset: dict, sexes: dict[str, str] | None) -> Loc
                          f"{dataset['name']!r}: use another --out")
     elif sexes:
         group.attrs["sexes"] = {**group.attrs.get("sexes", {}), **sexes}
+    if channels is not None:  # the dataset's channel set (bids_io.ChannelSet), for --from-cache
+        group.attrs["channels"] = channels
     return out
 
 
@@ -119,10 +123,12 @@ def content_digest(array: np.ndarray) -> str:
 
 
 def write_run(out: Location, files: RunFiles, meg: MegRun, fmri: FmriRun, story: StoryEvent,
-              digests: dict[str, str]) -> None:
+              digests: dict[str, str], attempt: str = "") -> None:
     """Write one run's group at its final keys; its last attribute update (``sources``) commits it.
-    An earlier, uncommitted or outdated group of the run is removed first."""
+    An earlier, uncommitted or outdated group of the run is removed first. Each step is fenced by the
+    ingest ``attempt`` (``pairs.fence``): a superseded attempt's task writes nothing more."""
     rel = group_path(files.id)
+    fence(out, attempt, f"{out.url_of(rel)}")
     out.remove(rel)
     group = zarr.open_group(out.zarr_store(rel), mode="w")
     group.create_array("meg", data=meg.data, chunks=(meg.data.shape[0], 3000), compressors=COMPRESSOR)
@@ -144,7 +150,8 @@ def write_run(out: Location, files: RunFiles, meg: MegRun, fmri: FmriRun, story:
         "warnings": meg.warnings, "digests": digests,
     }
     group.attrs.update(attrs)
-    group.attrs.update({COMMIT_ATTR: files.stamps})  # the commit point
+    fence(out, attempt, f"{out.url_of(rel)} commit")
+    group.attrs.update({"attempt": attempt, COMMIT_ATTR: files.stamps})  # the commit point
 
 
 @dataclass

@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-duplicate", choices=["warn", "skip", "raise"], default="warn",
                    help="runs whose decoded MEG or BOLD is identical to another run's (ds004078: the MEG of "
                    "sub-05 and sub-06, runs 58-60): warn and keep all, skip all but the first, or stop")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the shards and index of an --out made with other options (or from another "
+                   "dataset): new shards are written beside the old ones and the new index replaces the old "
+                   "in one step, so a reader never sees a mix; without it such an --out is refused, naming "
+                   "the options that differ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A local Ray must listen on loopback only; read by Ray when it is imported.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from meg2fmri.shards.errors import Meg2fmriError
+    from meg2fmri.shards.errors import Meg2fmriError, exit_status
 
     from .config import IngestConfig
     from .driver import run_ingest, summary_table
@@ -146,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
             ray_address=args.ray_address, anon=args.anon, on_duplicate=args.on_duplicate,
+            overwrite=args.overwrite,
             storage_options=args.storage_options | (
                 {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}))
         report = run_ingest(config, progress=not args.quiet)
     except Meg2fmriError as err:
         print(f"ingest: error: {err}", file=sys.stderr)
-        return 2
+        return exit_status(err)
     print(summary_table(report))
     if report.index is not None:
         print(f"index: {config.output().url_of('index.json')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class IngestConfig:
     storage_options: dict = field(default_factory=dict)  # s3fs options (endpoint_url, key, ...), both ends
     anon: bool | None = None  # anonymous reads of an s3:// --bids-root; None: when no credentials exist
     on_duplicate: str = "warn"  # runs whose decoded MEG or BOLD equals another run's: warn | skip | raise
+    overwrite: bool = False  # replace an --out holding shards of other options (or of another dataset)
+    # this ingest attempt's fencing token, set by the driver: every write of a task carries it, and a
+    # task of a superseded attempt (a killed driver's straggler) writes nothing (``fence``)
+    attempt: str = ""
 
     def __post_init__(self) -> None:
         for name in ("bids_root", "out"):
@@ -66,6 +71,18 @@ class IngestConfig:
         if anon is None and is_remote(self.bids_root):
             anon = not has_aws_credentials()
         return Location(self.bids_root, self.storage_options, anon)
+
+    def options(self) -> dict:
+        """What decides the shards' content, as asked for (before the driver resolves a slice or a
+        mask): recorded in the index and compared on a re-run into the same --out. The dataset itself
+        is compared by its fingerprint; --from-cache re-pairs what was cached, whatever its tree."""
+        pairing = {k: v for k, v in self.pairing.to_json().items() if k not in ("mask", "channels")}
+        out = {"subjects": self.subjects, "runs": self.runs, "held_out": self.held_out,
+               "held_out_stories": self.held_out_stories, "shard_samples": self.shard_samples,
+               "on_duplicate": self.on_duplicate, "pairing": pairing}
+        if not self.from_cache:
+            out["preprocessed"] = self.preprocessed
+        return json.loads(json.dumps(out))  # tuples as lists: as the index stores them
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

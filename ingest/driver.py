@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,10 @@ from meg2fmri.shards.split import SPLITS, held_out_stories, held_out_subjects, s
 
 from . import cache, targets
 from .config import IngestConfig, RunTask
+from .fence import WORK, begin_attempt
 from .pairing import consensus_slice, feature_names
 from .pairs import load_pairs, paired_runs, reset_work
-from .plan import check_out, plan
+from .plan import canonical_channels, check_inputs, check_out, plan
 from .shard_writer import write_shards
 from .task import ingest_run, needs_survey, slice_profile
 
@@ -261,8 +264,15 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     """Ingest ``config``; every input problem that can be seen up front raises before work."""
     clock = time.perf_counter()
     out = config.output()
+    out.check_writable()
+    options = config.options()  # as asked for, before a slice, a mask or the channels are resolved
+    if config.pairing.target == "parcels":
+        targets.check_atlas(Path(config.pairing.atlas))  # an argument: checked before the output's state
     tasks, dataset, sexes, notes = plan(config)
-    check_out(out, dataset)
+    if check_out(out, dataset, options, config.overwrite):  # --overwrite of another dataset's output
+        for rel in (cache.CACHE_NAME, WORK, MASK_NAME):
+            out.remove(rel)
+    check_inputs(config, tasks, out)
     subjects = sorted({t.subject for t in tasks})
     missing = [s for s in subjects if s not in sexes]
     if missing:
@@ -271,9 +281,12 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     all_stories = sorted({t.run for t in tasks})
     stories = held_out_stories(all_stories, config.held_out_stories)
     split = {t.id: split_of(t.subject, t.run, held_out, stories) for t in tasks}
-    if config.pairing.target == "parcels":
-        targets.check_atlas(Path(config.pairing.atlas))  # before any work
-    cache.open_root(out, dataset, None if config.from_cache else sexes)
+    channels = canonical_channels(config, tasks, out)
+    config = dataclasses.replace(config, attempt=uuid.uuid4().hex,
+                                 pairing=dataclasses.replace(config.pairing, channels=channels.names))
+    cache.open_root(out, dataset, None if config.from_cache else sexes,
+                    None if config.from_cache else channels.to_json())
+    begin_attempt(out, config.attempt)  # from here on, tasks of an earlier attempt write nothing
     cache.remove_partials(out)  # groups a killed ingest left uncommitted
     out.remove_temporaries()
     seconds = {"plan": time.perf_counter() - clock}
@@ -305,6 +318,7 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
             r.update(decoded=True, resumed=False, decoded_mb=earlier["decoded_mb"],
                      peak_task_mb=max(earlier["peak_task_mb"], r.get("peak_task_mb", 0.0)),
                      seconds={**earlier["seconds"], **r.get("seconds", {})})
+    check_fenced(out, config, results)
     results.sort(key=lambda r: (r["subject"], r["run"]))
     for r in results:
         r["split"] = split[RunId(r["subject"], r["run"])]
@@ -312,26 +326,59 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     ok = [RunId(r["subject"], r["run"]) for r in results if r["ok"]]
     index = None
     clock = time.perf_counter()
+    if config.pairing.target != "volume":
+        out.remove(MASK_NAME)  # an earlier ingest's, with volume targets
     if ok:
-        names = feature_names(config.pairing, cache.read_run(out, ok[0].subject, ok[0].run).attrs["ch_names"])
+        names = feature_names(config.pairing, list(channels.names))
+        features = {"kind": config.pairing.features, "width": len(names), "names": names,
+                    "channels": channels.to_json()}
         index = write_shards(out, config.pairing, config.shard_samples, ok, split, {
             "dataset": dataset,
-            "features": {"kind": config.pairing.features, "width": len(names), "names": names},
+            "features": features,
             "target": target_entry(config, slice_choice, results),
             "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
                                    "held_out": list(held_out)},
                       "stories": {"train": [s for s in all_stories if s not in stories],
                                   "held_out": list(stories)}},
+            "options": options,
             "config": config.to_json() | {
                 "slice_choice" if config.pairing.target == "slice" else "target_choice": slice_choice},
             "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
                       "slice_correlation": r["slice_correlation"]}
                      for r in results if r["ok"]],
-            "failed": [{k: r[k] for k in ("subject", "run", "error")} for r in results if not r["ok"]],
+            "failed": [{k: r[k] for k in ("subject", "run", "split", "error")} for r in results
+                       if not r["ok"]],
             "duplicates": duplicates,
-        })
+        }, shard_tag(config, options, results))
     seconds["shards"] = time.perf_counter() - clock
     return IngestReport(results, held_out, stories, index, notes, seconds)
+
+
+def check_fenced(out: Location, config: IngestConfig, results: list[dict]) -> None:
+    """Each run decoded by this attempt must still hold this attempt's commit: a straggler of an earlier
+    attempt that slipped past its fence in the instant before this one began could have committed over
+    it. Such a run is reported failed (run ingest again: it is decoded afresh), never used."""
+    decoded = [r for r in results if r["ok"] and r.get("decoded")]
+    if not decoded:
+        return
+    groups = cache.run_groups(out, [RunId(r["subject"], r["run"]) for r in decoded])
+    for r in decoded:
+        attrs = groups.get(RunId(r["subject"], r["run"])) or {}
+        if attrs.get("attempt", config.attempt) != config.attempt:
+            r.update(ok=False, error=f"{RunId(r['subject'], r['run'])}: its cache group was committed by "
+                                     "an earlier, superseded ingest attempt while this one ran; run ingest "
+                                     "again (the run is decoded afresh)")
+
+
+def shard_tag(config: IngestConfig, options: dict, results: list[dict]) -> str:
+    """A short content tag in every shard's name: the same options and decoded data give the same names
+    (a resumed ingest rewrites nothing), anything else new ones, so a re-run (``--overwrite``) never
+    writes over a shard that an older index lists."""
+    digest = hashlib.sha256(json.dumps({
+        "options": options, "pairing": config.pairing.to_json(),
+        "runs": sorted((r["subject"], r["run"], sorted(r.get("digests", {}).items()))
+                       for r in results if r["ok"])}, sort_keys=True).encode())
+    return digest.hexdigest()[:10]
 
 
 def summary_table(report: IngestReport) -> str:

@@ -54,6 +54,9 @@ class PairingConfig:
     target: str = "slice"  # "slice" | "volume" | "parcels" (targets.py)
     atlas: str | None = None  # parcels: the label image
     mask: tuple[str, str] | None = None  # volume: (mask file, sha256), set by the driver
+    # the dataset's channels in their canonical order (``bids_io.ChannelSet``), set by the driver: every
+    # run's MEG is read by these names; None = each cached run's own order (direct library use)
+    channels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_KINDS:
@@ -71,6 +74,31 @@ class PairingConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class MissingChannelsError(InputError):
+    """A run's MEG lacks channels of the dataset's canonical set."""
+
+
+def canonical_meg(run: CachedRun, channels: tuple[str, ...] | None) -> np.ndarray:
+    """The run's cached MEG ``(channels, samples)`` with its rows in the canonical order ``channels``
+    (by name, whatever order its FIF had); every row when ``channels`` is None."""
+    meg = run.meg[:]
+    if channels is None:
+        return meg
+    names = list(run.attrs["ch_names"])
+    if names == list(channels):
+        return meg
+    position = {name: i for i, name in enumerate(names)}
+    missing = [c for c in channels if c not in position]
+    if missing:
+        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        raise MissingChannelsError(
+            f"{run.name}: its MEG file lacks {len(missing)} of the dataset's {len(channels)} channels "
+            f"({shown}); restore them (re-export the FIF with every channel), or mark them 'bad' in this "
+            "run's channels.tsv (a bad channel is excluded from every run), or leave the run out "
+            "(--subjects/--runs)")
+    return meg[[position[c] for c in channels]]
 
 
 def feature_names(config: PairingConfig, ch_names: list[str]) -> list[str]:
@@ -199,7 +227,7 @@ def run_windows(run: CachedRun, config: PairingConfig, meg: np.ndarray | None = 
 
 def slice_correlation(run: CachedRun, config: PairingConfig) -> np.ndarray:
     """Per axial slice, the correlation of the slice mean with the run's MEG profile (paper, Fig. 1)."""
-    windows = run_windows(run, config)
+    windows = run_windows(run, config, canonical_meg(run, config.channels))
     return correlate_slices(windows.table, windows.profile)
 
 
@@ -220,7 +248,7 @@ def pair_run(run: CachedRun, config: PairingConfig, extract) -> RunPairs:
     if slices and config.slice is None:
         raise InputError(f"{run.name}: pairing needs a slice; the driver chooses one from training runs")
     sfreq = run.attrs["meg_sfreq"]
-    meg = run.meg[:]
+    meg = canonical_meg(run, config.channels)
     windows = run_windows(run, config, meg)
     correlation = correlate_slices(windows.table, windows.profile) if slices else np.zeros(0)
     chosen, n_slices = (config.slice if slices else -1), run.slice_means.shape[1]

@@ -17,9 +17,8 @@ import numpy as np
 from meg2fmri.shards.commit import Location
 from meg2fmri.shards.format import RunId
 
+from .fence import ATTEMPT, WORK, fence
 from .pairing import PairingConfig
-
-WORK = ".work"
 
 
 @dataclass
@@ -40,10 +39,11 @@ def pairs_path(pairing: PairingConfig, run: RunId) -> str:
     return f"{pairs_folder(pairing)}/{run.name}.npz"
 
 
-def save_pairs(out: Location, pairing: PairingConfig, run: RunId, pairs: RunPairs) -> None:
+def save_pairs(out: Location, pairing: PairingConfig, run: RunId, pairs: RunPairs, attempt: str = "") -> None:
     buffer = io.BytesIO()
     np.savez(buffer, meg=pairs.meg, fmri=pairs.fmri, meta=json.dumps(pairs.meta),
              correlation=pairs.correlation, storage_error=pairs.storage_error)
+    fence(out, attempt, f"{run} pairs")
     out.put(pairs_path(pairing, run), buffer.getvalue())
 
 
@@ -61,7 +61,7 @@ def paired_runs(out: Location, pairing: PairingConfig) -> set[RunId]:
 
 def reset_work(out: Location, pairing: PairingConfig) -> None:
     """Drop pairs of other pairing configurations."""
-    keep = pairs_folder(pairing).rsplit("/", 1)[-1]
+    keep = {pairs_folder(pairing).rsplit("/", 1)[-1], ATTEMPT.rsplit("/", 1)[-1]}
     for name in out.names(WORK):
-        if name != keep:
+        if name not in keep:
             out.remove(f"{WORK}/{name}")

@@ -236,6 +236,34 @@ def stream_image(stream) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, np.asanyarray(img.dataobj)
 
 
+TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}  # NIfTI xyzt_units -> seconds
+
+
+def header_tr(header) -> float:
+    """The repetition time in seconds from a NIfTI header, in the time unit its ``xyzt_units`` names
+    (``sec``, ``msec``, ``usec``; ``unknown`` read as seconds, as nibabel and most tools do)."""
+    unit = header.get_xyzt_units()[1]
+    if unit not in TIME_UNITS:
+        raise RunInputError(f"the header's time unit is {unit!r}, not a time (sec, msec or usec)")
+    return float(header.get_zooms()[3]) * TIME_UNITS[unit]
+
+
+def bold_shape(files: RunFiles) -> tuple[int, ...]:
+    """The BOLD run's shape ``(i, j, k, t)`` from its header alone (a few hundred bytes read)."""
+    try:
+        with files.source.fs.open(files.source.path(files.bold), "rb") as raw:
+            stream = igzip.IGzipFile(fileobj=raw, mode="rb") if files.bold.endswith(".gz") else raw
+            return tuple(int(n) for n in nib.Nifti1Header.from_fileobj(stream).get_data_shape())
+    except Exception as err:
+        raise RunInputError(f"{files.url('bold')}: cannot read the NIfTI header ({type(err).__name__}: "
+                            f"{err}); re-download it") from None
+
+
+def fif_channels(files: RunFiles) -> list[str]:
+    """The channel names of a run's FIF, from its header (for datasets without channels.tsv)."""
+    return list(read_raw(files.meg, source=files.source).ch_names)
+
+
 def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, np.ndarray]:
     """The run as ``(volumes, slices, y, x)`` (a transposed view of nibabel's array) and its
     affine, the header TR checked against the sidecar's."""
@@ -247,7 +275,7 @@ def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, np.ndarra
                             "re-download it") from None
     if data.ndim != 4:
         raise RunInputError(f"{path}: expected a 4D BOLD run, got shape {data.shape}")
-    tr = float(img.header.get_zooms()[3])
+    tr = header_tr(img.header)
     if abs(tr - tr_sidecar) > TR_TOLERANCE:
         raise RunInputError(f"{path}: TR {tr:.4f} s in the header but RepetitionTime {tr_sidecar} s in "
                             f"{files.bold_json.rsplit('/', 1)[-1]}; fix the header or the sidecar")

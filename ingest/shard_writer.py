@@ -1,6 +1,9 @@
 """Assemble the finished runs' pairs into WebDataset shards and the index, each committed whole.
 
-Samples go in (split, subject, run, window) order into shards of ``shard_samples``; each shard is
+Samples go in (split, subject, run, window) order into shards of ``shard_samples``, named
+``shards/{split}-{number:06d}-{tag}.tar`` (``tag``: ``driver.shard_tag``, from the options and the
+decoded data, so a re-run with other options never writes over a shard an older index lists); each
+shard is
 streamed to its final name through ``Location.open_atomic`` (a rename locally; one upload on S3,
 invisible until complete) and hashed as it is written; the index is written last, and shards it does
 not list (an earlier, larger ingest's) are then removed. The same pairs always give the same bytes.
@@ -59,17 +62,19 @@ def chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
 
 
 def write_shards(out: Location, pairing: PairingConfig, shard_samples: int, runs: list[RunId],
-                 split_of: dict[RunId, str], index_fields: dict) -> ShardIndex:
-    """Write every split's shards under ``out/shards/`` and then ``out/index.json``."""
+                 split_of: dict[RunId, str], index_fields: dict, tag: str) -> ShardIndex:
+    """Write every split's shards under ``out/shards/`` and then ``out/index.json``; a sample whose
+    shape or dtype differs from the index's is refused (``format.write_shard``)."""
     entries: list[ShardEntry] = []
-    dtype = TargetLayout.from_json(index_fields["target"]).np_dtype
+    layout = TargetLayout.from_json(index_fields["target"])
+    width = index_fields["features"]["width"]
     for split in SPLITS:
         for number, batch in enumerate(chunks(split_samples(out, pairing, runs, split_of, split),
                                               shard_samples)):
-            name = f"{SHARD_DIR}/{split}-{number:06d}.tar"
+            name = f"{SHARD_DIR}/{split}-{number:06d}-{tag}.tar"
             with out.open_atomic(name) as f:
                 writer = HashingWriter(f)
-                write_shard(writer, batch, dtype)
+                write_shard(writer, batch, layout.np_dtype, expect=(width, layout))
             entries.append(ShardEntry(name, split, len(batch), writer.size, writer.digest.hexdigest(),
                                       batch[0].key, batch[-1].key))
     index = ShardIndex(shards=entries, **index_fields)

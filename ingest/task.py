@@ -70,7 +70,7 @@ def decode_run(task: RunTask, config: IngestConfig, lap) -> float:
     fmri = preprocess_fmri(files, tr)
     lap("fmri")
     digests = {"meg": cache.content_digest(meg.data), "bold": cache.content_digest(fmri.volumes)}
-    cache.write_run(config.output(), files, meg, fmri, story, digests)
+    cache.write_run(config.output(), files, meg, fmri, story, digests, config.attempt)
     lap("cache")
     return (meg.decoded_bytes + fmri.volumes.nbytes) / 2**20
 
@@ -113,7 +113,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
         stored = pairs.fmri.astype(extract.layout.np_dtype)
         error = float(np.abs(stored.astype(np.float32) - pairs.fmri).max())
         save_pairs(out, config.pairing, task.id,
-                   RunPairs(pairs.meg, stored, pairs.meta, pairs.slice_correlation, error))
+                   RunPairs(pairs.meg, stored, pairs.meta, pairs.slice_correlation, error), config.attempt)
         lap("pair")
     except (Meg2fmriError, OSError, ValueError) as err:
         return {**head, "ok": False, "error": str(err)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from meg2fmri.shards.commit import replace_dir
+from meg2fmri.shards.commit import Location, replace_dir
 from meg2fmri.shards.errors import InputError, OutputExistsError
 from meg2fmri.shards.format import RunId
 
@@ -189,6 +189,7 @@ def write_dataset(config: SynthConfig, overwrite: bool = False, jobs: int = 1,
     """
     out = config.out
     check_output(out, overwrite)
+    Location(out.parent).check_writable("--out")
     check_disk(config)
     remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
