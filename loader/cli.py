@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
-from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.commit import Location
+from meg2fmri.shards.errors import Meg2fmriError, exit_status
 from meg2fmri.shards.split import SPLITS
 
 from .decode import SampleLayout, shard_arrays
@@ -85,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             return info(args.source, config)
         from .zarr_samples import export_zarr
 
+        Location(Path(args.out).absolute().parent).check_writable("OUT")
         out = export_zarr(args.source, args.out, store=config, rows_per_chunk=args.rows_per_chunk,
                           progress=not args.quiet, overwrite=args.overwrite)
         print(f"zarr samples: {out}")
         return 0
     except Meg2fmriError as err:
         print(f"shards: error: {err}", file=sys.stderr)
-        return 1
+        return exit_status(err)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .stats import grouped_folds
 ALPHAS = np.logspace(-1, 9, 21)  # up to 1e9: on data with little signal the CV wants heavy shrinkage
 ENVELOPE_SFREQ = 10.0  # Hz: the audio envelope's sampling rate
 TARGETS_BATCH = 2048  # pixels or voxels fitted at once (memory: alphas x samples x batch)
+DEGENERATE_FRACTION = 0.95  # targets at the largest penalty beyond which a ridge fit is called degenerate
 STIMULUS_LAGS = np.arange(0, 16)  # s: lagged envelope features, 0-15 s before the volume
 
 
@@ -54,6 +55,16 @@ class RidgeBaseline:
         change = self.model.predict((features - self.mean) / self.scale)
         return np.clip(self.mean_image + np.asarray(change).reshape(-1, *self.mean_image.shape), 0, 1)
 
+    def degenerate(self) -> str | None:
+        """Why the fit says nothing, if it does not: (nearly) every target chose the grid's largest
+        penalty, so the predictions are the mean image (the cross-validation found no signal)."""
+        alphas = np.asarray(self.model.best_alphas_)
+        at_edge = float(np.mean(np.isclose(alphas, ALPHAS[-1], rtol=1e-6)))
+        if at_edge >= DEGENERATE_FRACTION:
+            return (f"{at_edge:.0%} of the targets chose the largest penalty ({ALPHAS[-1]:.0e}): the fit "
+                    "shrank to the mean image (cross-validation on the training set found no signal)")
+        return None
+
     def summary(self) -> dict:
         alphas = np.asarray(self.model.best_alphas_)
         return {
@@ -62,6 +73,7 @@ class RidgeBaseline:
             "folds": self.folds,
             "alpha_median": float(np.median(alphas)),
             "alpha_quartiles": [float(np.percentile(alphas, 25)), float(np.percentile(alphas, 75))],
+            "degenerate": self.degenerate(),
         }
 
 

@@ -17,8 +17,8 @@ inter-subject correlation of the same story). Predictions are written per set an
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.format import TargetLayout
 from meg2fmri.shards.split import EVALUATION_SETS
@@ -33,8 +34,9 @@ from meg2fmri.shards.split import EVALUATION_SETS
 from . import baselines, figures, report, volume_maps
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
 from .nets import from_tanh
+from .outputs import CHECKPOINT, load_checkpoint_file, location, put_json, put_npz, put_text
 from .stats import cluster_bootstrap, resampling_unit, shift_null
-from .train import CHECKPOINT, VARIANTS, generator_from_checkpoint
+from .train import VARIANTS, generator_from_checkpoint
 
 HEADLINE = "cgan"  # the project's model, named before any result was seen (every row is reported)
 # rows that are not MEG models (shuffled sees the MEG but not its pairing with the image)
@@ -57,6 +59,21 @@ class EvalConfig:
     oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
     bids_root: str | None = None  # for the stimulus baseline (stimuli/audio/story_N.wav)
     extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
+
+    def __post_init__(self):
+        if not 0 < self.mask_fraction < 1:
+            raise InputError(f"--mask-fraction must be between 0 and 1, got {self.mask_fraction}")
+        if self.bootstrap < 1 or self.null_draws < 1:
+            raise InputError(f"--bootstrap and --null-draws must be at least 1, got {self.bootstrap}, "
+                             f"{self.null_draws}")
+        if not self.min_shift_s >= 0:
+            raise InputError(f"--min-shift must be >= 0 s, got {self.min_shift_s}")
+        for item in self.extra:
+            if len(item) != 2 or not item[0] or not item[1]:
+                raise InputError(f"--extra {'='.join(item)}: expected NAME=RUN_DIR")
+
+    def output(self):
+        return location(self.out, self.storage_options)
 
 
 @dataclass
@@ -111,14 +128,15 @@ def run_groups(meta: list[dict]) -> list[np.ndarray]:
     return [np.array([i for _, i in sorted(v)]) for _, v in sorted(groups.items())]
 
 
-def generator_predictions(run: Path, meg: np.ndarray, width: int, target: TargetLayout) -> np.ndarray:
-    state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+def generator_predictions(run: str, meg: np.ndarray, width: int, target: TargetLayout,
+                          storage_options: dict | None = None) -> np.ndarray:
+    state = load_checkpoint_file(run, storage_options, option="--runs")
     model = state["model"]
     keep = model["feature_index"]
     trained = model.get("target", {"kind": "slice", "shape": [model["size"]] * 2})
     if list(trained["shape"]) != list(target.shape) or len(keep) != model["width"] or max(keep) >= width:
         raise InputError(
-            f"{run / CHECKPOINT}: trained on {model['width']} features x {trained['kind']} "
+            f"{run}/{CHECKPOINT}: trained on {model['width']} features x {trained['kind']} "
             f"{trained['shape']}, the shards give {width} x {target.kind} {list(target.shape)}"
         )
     generator = generator_from_checkpoint(state)
@@ -127,18 +145,32 @@ def generator_predictions(run: Path, meg: np.ndarray, width: int, target: Target
     return (out[:, 0] if target.kind == "slice" else out).numpy()
 
 
-def model_runs(config: EvalConfig) -> dict[str, Path]:
-    runs = Path(config.runs)
-    found = {v: runs / v for v in VARIANTS if (runs / v / CHECKPOINT).is_file()}
+def model_runs(config: EvalConfig) -> dict[str, str]:
+    """Each scored model's run folder (local or ``s3://``), by row name."""
+    runs = location(config.runs, config.storage_options)
+    found = {v: runs.url_of(v) for v in VARIANTS if runs.exists(f"{v}/{CHECKPOINT}")}
     for name, folder in config.extra:  # e.g. a cGAN trained on --pairing paper shards
-        if name in found or not (Path(folder) / CHECKPOINT).is_file():
+        if name in found or not location(folder, config.storage_options).exists(CHECKPOINT):
             raise InputError(f"--extra {name}={folder}: the name is taken, or {CHECKPOINT} is missing there")
-        found[name] = Path(folder)
+        found[name] = folder
     if HEADLINE not in found:
         raise InputError(
-            f"{runs}/{HEADLINE}/{CHECKPOINT}: no trained cGAN; run `train --out {runs}/cgan` first"
+            f"--runs {runs.url_of(HEADLINE)}/{CHECKPOINT}: no trained cGAN; run `train --out "
+            f"{runs.url_of(HEADLINE)}` first"
         )
     return found
+
+
+def check_inputs(config: EvalConfig) -> None:
+    """Everything that can be checked before the sets are read: the output can be written, the models,
+    the oracle and the story audio exist."""
+    config.output().check_writable()
+    model_runs(config)
+    if config.oracle is not None and not Path(config.oracle).is_file():
+        raise InputError(f"--oracle {config.oracle}: no such file; write it with `synth-oracle`")
+    if config.bids_root is not None and not (Path(config.bids_root) / "stimuli" / "audio").is_dir():
+        raise InputError(f"--bids-root {config.bids_root}: no stimuli/audio/ folder (the stimulus baseline "
+                         "reads story_N.wav there); pass the BIDS root, or drop --bids-root to skip the row")
 
 
 def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
@@ -167,21 +199,32 @@ def predict(
     width = train.meg.shape[1]
     models = model_runs(config)
     chosen: dict = {"ridge": None, "stimulus": None}
-    ridge = baselines.fit_ridge(train.meg, train.fmri, train.meta, mean_image)
-    chosen["ridge"] = ridge.summary()
+
+    def fitted(name: str, features: np.ndarray) -> baselines.RidgeBaseline | None:
+        """The baseline fitted on the training set, or None (and why, in ``chosen``) if it cannot be."""
+        try:
+            model = baselines.fit_ridge(features, train.fmri, train.meta, mean_image)
+        except InputError as err:  # e.g. a partial dataset left one training run: no CV is possible
+            chosen[name] = {"not_fitted": str(err)}
+            return None
+        chosen[name] = model.summary()
+        return model
+
+    ridge = fitted("ridge", train.meg)
     stimulus, envelopes = None, {}
     if config.bids_root is not None:
         stories = {m["run"] for s in [train, *sets] for m in s.meta}
         envelopes = baselines.story_envelopes(Path(config.bids_root), stories)
-        stimulus = baselines.fit_ridge(
-            baselines.stimulus_features(envelopes, train.meta), train.fmri, train.meta, mean_image
-        )
-        chosen["stimulus"] = stimulus.summary() | {"features": "audio RMS envelope, 1-s bins lagged 0-15 s"}
+        stimulus = fitted("stimulus", baselines.stimulus_features(envelopes, train.meta))
+        if stimulus is not None:
+            chosen["stimulus"] |= {"features": "audio RMS envelope, 1-s bins lagged 0-15 s"}
     out: dict[str, dict[str, np.ndarray]] = {}
     for ev in sets:
-        pred = {name: generator_predictions(folder, ev.meg, width, target) for name, folder in models.items()}
+        pred = {name: generator_predictions(folder, ev.meg, width, target, config.storage_options)
+                for name, folder in models.items()}
         pred["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape).copy()
-        pred["ridge"] = ridge.predict(ev.meg)
+        if ridge is not None:
+            pred["ridge"] = ridge.predict(ev.meg)
         if stimulus is not None:
             pred["stimulus"] = stimulus.predict(baselines.stimulus_features(envelopes, ev.meta))
         clock = baselines.story_clock(train.fmri, train.meta, ev.meta, mean_image)
@@ -200,6 +243,11 @@ def change_r2(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
     p, r = p - p.mean(axis=0), r - r.mean(axis=0)
     ss = (r**2).sum(axis=0)
     return float(np.mean(np.where(ss > 0, 1 - ((r - p) ** 2).sum(axis=0) / np.where(ss > 0, ss, 1), 0.0)))
+
+
+def constant_over_time(pred: np.ndarray, by_run: list[np.ndarray], tolerance: float = 1e-6) -> bool:
+    """Whether every run's predictions are one image repeated (to ``tolerance`` in [0, 1] units)."""
+    return all(np.ptp(pred[g], axis=0).max() <= tolerance for g in by_run if len(g) > 1)
 
 
 def finite_mean(values: np.ndarray) -> float:
@@ -287,6 +335,8 @@ def score_set(
             "voxel_r_null_95": null["null_95"],
             "voxel_r_of_ceiling": finite_mean(s["voxel_r"]) / ceiling if ceiling > 0 else float("nan"),
         }
+        if name != "mean_image" and constant_over_time(pred, ev.by_run):
+            row["degenerate"] = "its predictions do not change over time within any run (a constant image)"
         rows.append(row)
 
     def paired(a: str, b: str) -> dict:
@@ -318,20 +368,19 @@ def score_set(
     }
 
 
-def save_predictions(out: Path, ev: EvalSet, predictions: dict[str, np.ndarray]) -> None:
+def save_predictions(out: Location, ev: EvalSet, predictions: dict[str, np.ndarray]) -> None:
     """``predictions/SET/METHOD.npz``: keys, targets, predictions (float16 for voxel targets, as the
     shards store them: a whole-brain set is large)."""
-    folder = out / "predictions" / ev.name
-    folder.mkdir(parents=True, exist_ok=True)
     keys = np.array([m["key"] for m in ev.meta])
     dtype = np.float16 if ev.fmri.ndim == 2 and ev.fmri.shape[1] > 4096 else np.float32
     for name, pred in predictions.items():
-        np.savez(folder / f"{name}.npz", keys=keys, targets=ev.fmri.astype(dtype),
-                 predictions=pred.astype(dtype))
+        put_npz(out, f"predictions/{ev.name}/{name}.npz", keys=keys, targets=ev.fmri.astype(dtype),
+                predictions=pred.astype(dtype))
 
 
 
 def evaluate(config: EvalConfig) -> dict:
+    check_inputs(config)
     train, index = load_split(config, "train")
     if train is None:
         raise InputError(f"{config.shards}: the index has no training samples")
@@ -347,6 +396,10 @@ def evaluate(config: EvalConfig) -> dict:
         mask = mean_image > config.mask_fraction * mean_image.max()
     else:  # voxels are in-mask already (the training mask); parcels are regions
         mask = np.ones(mean_image.shape, dtype=bool)
+    missing = index.missing_runs()
+    if missing:  # a partial dataset is said, here and in results.md
+        print(f"evaluate: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest "
+              "could not use them):\n" + "\n".join(f"  {line}" for line in missing), file=sys.stderr)
     predictions, chosen = predict(config, train, sets, mean_image, target)
     rng = np.random.default_rng(config.seed)
     results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng) for ev in sets}
@@ -370,6 +423,7 @@ def evaluate(config: EvalConfig) -> dict:
             "story_clock": "training subjects' mean change at the same story and volume",
         },
         "split": index.split,
+        "missing_runs": missing,
         "slice": index.config.get("slice_choice"),
         "oracle": "noise-free synth truth" if config.oracle else "not given (--oracle, synthetic data only)",
         "config": asdict(config) | {"storage_options": {}},
@@ -377,9 +431,14 @@ def evaluate(config: EvalConfig) -> dict:
         "extra": {name: folder for name, folder in config.extra},
     }
     settings["target"] = {k: v for k, v in index.target.items() if k not in ("affine", "labels")}
+    for name in ("ridge", "stimulus"):  # a fit that says nothing is named as such in every set's row
+        why = (chosen[name] or {}).get("degenerate")
+        for set_result in results.values():
+            for row in set_result["rows"]:
+                if why and row["name"] == name:
+                    row["degenerate"] = why
     result = {"settings": settings, "sets": results}
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = config.output()
     if target.kind == "volume":  # maps on the grid, FDR fraction, correlation with the truth
         volume = volume_maps.read_mask(config.shards, index, config.storage_options)
         shown_rows = tuple(n for n in predictions[sets[0].name] if n not in NOT_MEG_MODELS) + ("oracle",)
@@ -391,11 +450,12 @@ def evaluate(config: EvalConfig) -> dict:
         settings["maps"] = volume_maps.__doc__.split("\n\n", 1)[1].strip()
     for ev in sets:
         save_predictions(out, ev, predictions[ev.name])
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(report.markdown(result))
+    put_json(out, "results.json", result)
+    put_text(out, "results.md", report.markdown(result))
     shown = sets[0]  # test where it exists: the figures show the headline set
     if target.kind == "slice":
-        figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, Path(config.runs))
+        figures.figures(out, shown.fmri, predictions[shown.name], shown.meta,
+                        {n: location(f, config.storage_options) for n, f in model_runs(config).items()})
         figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
         figures.slice_figure(out, index)
     return result

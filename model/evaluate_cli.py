@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.commit import Location, write_atomic
+from meg2fmri.shards.errors import Meg2fmriError, exit_status
 
 from .evaluate import EvalConfig, evaluate
 from .paper import paper_markdown, paper_protocol
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
     p.add_argument("--runs", required=True,
                    help="folder with a run folder per variant: cgan/ (required), no_adversarial/, shuffled/")
-    p.add_argument("--out", required=True, help="folder for results.json, results.md and the figures")
+    p.add_argument("--out", required=True,
+                   help="folder or s3:// prefix for results.json, results.md and the figures (each "
+                   "written whole)")
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON here")
     p.add_argument("--mask-fraction", type=float, default=0.2,
                    help="brain mask: mean training image above this fraction of its max (default: 0.2)")
@@ -59,23 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out, mask_fraction=args.mask_fraction,
-                        bootstrap=args.bootstrap, null_draws=args.null_draws, min_shift_s=args.min_shift,
-                        oracle=args.oracle, bids_root=args.bids_root,
-                        extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
-                        storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None)
     try:
+        config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out,
+                            mask_fraction=args.mask_fraction,
+                            bootstrap=args.bootstrap, null_draws=args.null_draws, min_shift_s=args.min_shift,
+                            oracle=args.oracle, bids_root=args.bids_root,
+                            extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
+                            storage_options=({"endpoint_url": args.endpoint_url} if args.endpoint_url
+                                             else None))
+        if args.json is not None:
+            Location(args.json.absolute().parent).check_writable("--json")
         result = paper_protocol(config) if args.protocol == "paper" else evaluate(config)
     except Meg2fmriError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
-        return 1
+        return exit_status(err)
     if args.protocol == "paper":
         print(paper_markdown(result))
         print(f"evaluate: {args.out}/paper_protocol.md and paper_protocol.json")
         return 0
     print(markdown(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_atomic(args.json, (json.dumps(result, indent=1) + "\n").encode())
     made = ("maps/SET/METHOD_r.nii.gz, _r2.nii.gz, _r.png" if "maps" in next(iter(result["sets"].values()))
             else "pairs.png, changes.png, training_curves.png, slice_selection.png")
     print(f"evaluate: results and figures in {args.out} (results.md, results.json, predictions/, {made})")

@@ -3,12 +3,11 @@ its run mean (what the MEG should explain), the slice-selection profile (Fig. 1)
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from .train import VARIANTS
+from meg2fmri.shards.commit import Location
+
+from .outputs import put_figure, read_log
 
 
 def run_changes(images: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
@@ -19,7 +18,7 @@ def run_changes(images: np.ndarray, by_run: list[np.ndarray]) -> np.ndarray:
     return change
 
 
-def slice_figure(out: Path, index) -> None:
+def slice_figure(out: Location, index) -> None:
     """The slice-selection profile of one run (the paper's Fig. 1): per-slice correlation of the slice
     means with the MEG profile, and the slice used."""
     import matplotlib
@@ -39,7 +38,7 @@ def slice_figure(out: Path, index) -> None:
     ax.set_title(f"slice selection, sub-{run['subject']} run {run['run']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "slice_selection.png", dpi=110)
+    put_figure(out, "slice_selection.png", fig, dpi=110)
     plt.close(fig)
 
 
@@ -66,7 +65,9 @@ def sample_grid(axis, rows: dict[str, np.ndarray], meta: list[dict], **style) ->
     return drawn, shown
 
 
-def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], runs: Path) -> None:
+def figures(out: Location, real: np.ndarray, predictions: dict, meta: list[dict],
+            runs: dict[str, Location]) -> None:
+    """pairs.png and training_curves.png (``runs``: each trained model's run folder, by row name)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,25 +78,24 @@ def figures(out: Path, real: np.ndarray, predictions: dict, meta: list[dict], ru
     sample_grid(lambda row, col: axes[row, col], rows, meta, cmap="gray", vmin=0, vmax=1)
     fig.suptitle("held-out samples: real vs predicted (data range [0, 1])", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "pairs.png", dpi=110)
+    put_figure(out, "pairs.png", fig, dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for variant in VARIANTS:
-        log = runs / variant / "log.jsonl"
-        if log.is_file():
-            steps = [json.loads(line) for line in log.read_text().splitlines() if '"epoch_end"' not in line]
-            ax.plot([s["step"] for s in steps], [s["loss_g_mse"] for s in steps], label=variant, lw=0.8)
+    for name, run in runs.items():
+        steps = [record for record in read_log(run) if "epoch_end" not in record]
+        if steps:
+            ax.plot([s["step"] for s in steps], [s["loss_g_mse"] for s in steps], label=name, lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("generator MSE on [-1, 1] images")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
+    put_figure(out, "training_curves.png", fig, dpi=110)
     plt.close(fig)
 
 
-def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[dict],
+def changes_figure(out: Location, real: np.ndarray, predictions: dict, meta: list[dict],
                    by_run: list[np.ndarray], mask: np.ndarray) -> None:
     """What pairs.png cannot show: each image's change from its run's mean (real, and every method),
     as maps for the pairs.png samples and as the time course of the pixel where the truth (else the
@@ -126,5 +126,5 @@ def changes_figure(out: Path, real: np.ndarray, predictions: dict, meta: list[di
     course.set_ylabel("change")
     course.legend(fontsize=6, ncol=4)
     fig.suptitle("held-out samples: change from each run's mean (what the MEG should explain)", fontsize=9)
-    fig.savefig(out / "changes.png", dpi=110)
+    put_figure(out, "changes.png", fig, dpi=110)
     plt.close(fig)

@@ -20,9 +20,6 @@ through the very preprocessing the model was trained on.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meg2fmri.ingest.pairing import BANDS, meg_features
+from meg2fmri.ingest.pairing import PairingConfig, feature_names, meg_features
 from meg2fmri.ingest.preprocess import MEG_SFREQ, preprocess_meg_file
 from meg2fmri.shards.errors import InputError
 
 from .nets import from_tanh
-from .train import CHECKPOINT, generator_from_checkpoint
+from .outputs import checkpoint_of, load_checkpoint_file, location, put_figure, put_json, put_nifti, put_text
+from .train import generator_from_checkpoint
 
 TR = 0.71  # s, ds004078's repetition time: the output's sampling
 
@@ -45,7 +43,9 @@ TR = 0.71  # s, ds004078's repetition time: the output's sampling
 class GenerateConfig:
     model: str  # a train --out folder (or its checkpoint.pt)
     meg: str  # a FIF path or s3:// URL
-    out: Path | None = None  # default: the FIF's name with desc-meg2fmri_bold.nii.gz, here
+    # FILE.nii.gz (or .tsv for parcels), or a folder (or s3:// prefix) for a BIDS derivatives tree;
+    # default: the FIF's name with desc-meg2fmri_bold.nii.gz, here
+    out: str | None = None
     events: Path | None = None  # BIDS events.tsv of the recording (Beg/End rows, or onset + duration)
     start: float | None = None  # s from the file start
     stop: float | None = None
@@ -53,14 +53,20 @@ class GenerateConfig:
     batch_size: int = 256
     progress: bool = True
 
+    def __post_init__(self):
+        if self.start is not None and self.start < 0:
+            raise InputError(f"--start must be >= 0 s (from the file start), got {self.start}")
+        if self.stop is not None and self.stop <= (self.start or 0.0):
+            raise InputError(f"--stop {self.stop} must be after --start {self.start or 0.0}")
 
-def load_model(path: str) -> tuple[dict, Path]:
-    folder = Path(path)
-    checkpoint = folder if folder.suffix == ".pt" else folder / CHECKPOINT
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise InputError(f"--model {path}: no {CHECKPOINT} there; pass a `train --out` folder") from None
+
+def load_model(path: str, storage_options: dict | None = None) -> tuple[dict, str]:
+    """The checkpoint's state and its URL (a folder, its ``checkpoint.pt``, or an ``s3://`` prefix)."""
+    folder, name = checkpoint_of(path, storage_options)
+    checkpoint = folder.url_of(name)
+    digest: list[str] = []
+    state = load_checkpoint_file(path, storage_options, digest=digest)
+    state["sha256"] = digest[0]
     model = state["model"]
     if "placement" not in model or "feature_names" not in model:
         raise InputError(f"{checkpoint}: trained before `generate` existed (no grid or feature names "
@@ -71,24 +77,66 @@ def load_model(path: str) -> tuple[dict, Path]:
     return state, checkpoint
 
 
+NOT_MEG_DATATYPES = ("func", "anat", "fmap", "dwi", "perf", "beh", "eeg", "ieeg", "pet", "nirs")
+
+
+def read_events(path: Path):
+    """A BIDS events.tsv with ``n/a`` read as missing (pandas), checked: it belongs to the MEG session
+    (not the fMRI session's file of the same name) and its onsets are numbers."""
+    import pandas as pd
+
+    datatype = path.absolute().parent.name
+    bold_beside = any(path.with_name(path.name.replace("_events.tsv", suffix)).exists()
+                      for suffix in ("_bold.nii.gz", "_bold.nii", "_bold.json"))
+    if datatype in NOT_MEG_DATATYPES or bold_beside:
+        meg_file = path.absolute().parent.parent / "meg" / path.name
+        session = datatype if datatype in NOT_MEG_DATATYPES else "fMRI"
+        raise InputError(f"--events {path}: this is the {session} "
+                         f"session's events file (its onsets are in scanner time, not in the MEG file's); "
+                         f"pass the MEG session's, e.g. {meg_file}")
+    try:
+        table = pd.read_csv(path, sep="\t", encoding="utf-8-sig", na_values=["n/a"], keep_default_na=False,
+                            dtype=str)
+    except FileNotFoundError:
+        raise InputError(f"--events {path}: no such file") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"--events {path}: not a readable TSV ({err})") from None
+    if "onset" not in table.columns:
+        raise InputError(f"--events {path}: no 'onset' column (BIDS events files need onset and duration)")
+    for column in ("onset", "duration", "value"):
+        if column in table.columns:
+            numbers = pd.to_numeric(table[column], errors="coerce")
+            bad = table[column].notna() & numbers.isna()
+            if bad.any():
+                row = int(bad.idxmax())
+                raise InputError(f"--events {path}: row {row + 1} has {column} {table[column][row]!r}, not a "
+                                 f"number or n/a; fix the file")
+            table[column] = numbers
+    if table["onset"].isna().any():
+        raise InputError(f"--events {path}: row {int(table['onset'].isna().idxmax()) + 1} has onset n/a; "
+                         "BIDS requires a numeric onset for every event")
+    return table
+
+
 def story_span(config: GenerateConfig, recording_s: float) -> tuple[float, float, str]:
     """(onset s from the file start, duration s, how it was found)."""
     if config.events is not None and (config.start is not None or config.stop is not None):
         raise InputError("give --events or --start/--stop, not both")
     if config.events is not None:
-        try:
-            with open(config.events, encoding="utf-8-sig", newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t"))
-        except FileNotFoundError:
-            raise InputError(f"--events {config.events}: no such file") from None
-        marks = {r.get("value"): float(r["onset"]) for r in rows if r.get("value") in ("1", "2")}
-        if "1" in marks and "2" in marks:
-            return marks["1"], marks["2"] - marks["1"], f"{config.events.name}: Beg (1) to End (2)"
-        timed = [r for r in rows if float(r.get("duration") or 0) > 0]
-        if not timed:
-            raise InputError(f"--events {config.events}: no Beg/End rows (value 1 and 2) and no row with a "
-                             "duration; pass --start and --stop (s from the file start)")
-        return float(timed[0]["onset"]), float(timed[0]["duration"]), f"{config.events.name}: first event"
+        events = Path(config.events)
+        table = read_events(events)
+        if "value" in table.columns:
+            marks = {int(v): float(o) for v, o in zip(table["value"], table["onset"], strict=True)
+                     if v in (1, 2)}
+            if 1 in marks and 2 in marks:
+                return marks[1], marks[2] - marks[1], f"{events.name}: Beg (1) to End (2)"
+        if "duration" in table.columns:
+            timed = table[table["duration"].fillna(0) > 0]
+            if len(timed):
+                first = timed.iloc[0]
+                return float(first["onset"]), float(first["duration"]), f"{events.name}: first event"
+        raise InputError(f"--events {events}: no Beg/End rows (value 1 and 2) and no row with a duration; "
+                         "pass --start and --stop (s from the file start)")
     start = 0.0 if config.start is None else config.start
     stop = recording_s if config.stop is None else config.stop
     return start, stop - start, "--start/--stop" if config.start is not None or config.stop is not None \
@@ -96,12 +144,11 @@ def story_span(config: GenerateConfig, recording_s: float) -> tuple[float, float
 
 
 def model_channels(names: list[str], kind: str) -> list[str]:
-    """The channels, in order, whose features the model reads (its training file's order)."""
+    """The channels, in the index's canonical order, of the feature ``names`` (``CH`` for mean features,
+    ``CH:band`` for band power)."""
     if kind == "mean":
         return list(names)
-    bands = list(BANDS)
-    per_band = len(names) // len(bands)
-    return [name.rsplit(":", 1)[0] for name in names[:per_band]]
+    return list(dict.fromkeys(name.rsplit(":", 1)[0] for name in names))
 
 
 def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray, dict]:
@@ -117,25 +164,30 @@ def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray,
         raise InputError(f"{config.meg}: the time range {onset:.2f}-{onset + duration:.2f} s ({how}) is "
                          f"outside the recording (0-{recording_s:.2f} s) or shorter than one "
                          f"{pairing['epoch']} s epoch; pass --start/--stop within it")
-    wanted = model_channels(model["feature_names"], model["features"])
-    missing = [c for c in wanted if c not in meg.ch_names]
+    kind, names = model["features"], model["feature_names"]
+    used = [names[i] for i in model["feature_index"]]
+    # band power is per channel: only the channels of the features used are needed; a mean feature is
+    # z-scored across every channel of the training vector, so all of them enter each one
+    needed = model_channels(names if kind == "mean" else used, kind)
+    missing = [c for c in needed if c not in meg.ch_names]
     if missing:
-        raise InputError(f"{config.meg}: the model reads {len(wanted)} channels and {len(missing)} are not "
-                         f"in "
-                         f"this recording (e.g. {missing[:3]}); use a recording with the channel set the "
-                         "model was trained on (Neuromag 306 + 22), or train with --meg-only")
-    rows = [meg.ch_names.index(c) for c in wanted]
+        why = ("the model's mean features are z-scored across all {n} channels of its training vectors, so "
+               "each one needs them all; train on --features bandpower shards (per-channel features, with "
+               "--meg-only for the 306 MEG channels) to use recordings without them") if kind == "mean" else \
+            ("use a recording with these channels, or a model trained without them (--meg-only reads the "
+             "306 MEG channels only)")
+        raise InputError(f"{config.meg}: the model reads {len(needed)} channels and {len(missing)} are not "
+                         f"in this recording (e.g. {missing[:3]}); " + why.format(n=len(needed)))
+    rows = [meg.ch_names.index(c) for c in needed]
     first = round(onset * MEG_SFREQ)
     starts = [first + round(i * TR * MEG_SFREQ) for i in range(int(duration // TR) + 1)
               if i * TR + length / MEG_SFREQ <= duration + 1e-9]
     starts = [s for s in starts if s + length <= samples]
-    features = meg_features(meg.data[rows], MEG_SFREQ, starts, length, model["features"])
-    if features.shape[1] != len(model["feature_names"]):
-        raise InputError(f"{config.meg}: the recording gives {features.shape[1]} features, the model was "
-                         f"trained on {len(model['feature_names'])}")
+    features = meg_features(meg.data[rows], MEG_SFREQ, starts, length, kind)
+    column = {name: i for i, name in enumerate(feature_names(PairingConfig(features=kind), needed))}
     timing = {"story_onset_s": onset, "story_duration_s": duration, "found_by": how,
               "epochs": len(starts), "epoch_s": pairing["epoch"], "lag_s": pairing["lag"]}
-    return features[:, model["feature_index"]], timing
+    return features[:, [column[name] for name in used]], timing
 
 
 def predict(generator, features: np.ndarray, batch: int, progress: bool) -> np.ndarray:
@@ -147,10 +199,55 @@ def predict(generator, features: np.ndarray, batch: int, progress: bool) -> np.n
     return np.concatenate(out)
 
 
-def default_out(meg: str) -> Path:
-    name = Path(str(meg)).name
-    stem = name.removesuffix(".fif").removesuffix("_meg")
-    return Path(f"{stem}_desc-meg2fmri_bold.nii.gz")
+DERIVATIVE = "derivatives/meg2fmri"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meg2fmri")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def is_file_name(out: str) -> bool:
+    return out.endswith((".nii.gz", ".nii", ".tsv"))
+
+
+def output_path(config: GenerateConfig, kind: str) -> tuple[str, str, str | None]:
+    """``(folder, file name, derivatives root or None)`` of the output: ``--out FILE`` as given (the
+    default: the FIF's name with ``_desc-meg2fmri_bold.nii.gz``, here); ``--out DIR``: a BIDS
+    derivatives tree ``DIR/derivatives/meg2fmri/sub-XX/[ses-YY/]func/`` named from the FIF's entities."""
+    import mne_bids
+
+    fif_name = str(config.meg).rstrip("/").rsplit("/", 1)[-1]
+    suffix = "_timeseries.tsv" if kind == "parcels" else "_bold.nii.gz"
+    out = None if config.out is None else str(config.out)
+    if out is None or is_file_name(out):
+        path = out or fif_name.removesuffix(".fif").removesuffix("_meg") + "_desc-meg2fmri" + suffix
+        folder, _, name = path.rpartition("/")
+        if kind == "parcels" and not name.endswith(".tsv"):
+            name = name.removesuffix(".gz").removesuffix(".nii") + ".tsv"
+        return folder or ".", name, None
+    entities = mne_bids.get_entities_from_fname(fif_name, on_error="ignore")
+    if not entities.get("subject"):
+        raise InputError(f"--out {out}: a folder gets a BIDS derivatives tree named from the recording's "
+                         f"BIDS entities, and {fif_name} names no subject (sub-XX_...); pass --out "
+                         "FILE.nii.gz")
+    parts = [f"sub-{entities['subject']}"] + [f"{key}-{entities[name]}" for name, key in
+                                              (("session", "ses"), ("task", "task"), ("acquisition", "acq"),
+                                               ("run", "run")) if entities.get(name)]
+    folder = f"sub-{entities['subject']}" + (f"/ses-{entities['session']}" if entities.get("session") else "")
+    root = f"{out.rstrip('/')}/{DERIVATIVE}"
+    return f"{root}/{folder}/func", "_".join(parts) + "_desc-meg2fmri" + suffix, root
+
+
+def dataset_description() -> dict:
+    return {"Name": "meg2fmri synthetic BOLD", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "meg2fmri", "Version": package_version(),
+                             "Description": "generate: synthetic BOLD predicted from MEG by a trained model",
+                             "CodeURL": "https://pypi.org/project/meg2fmri/"}]}
 
 
 def series_image(pred: np.ndarray, placement: dict) -> nib.Nifti1Image:
@@ -178,7 +275,7 @@ def series_image(pred: np.ndarray, placement: dict) -> nib.Nifti1Image:
     return img
 
 
-def montage(pred: np.ndarray, placement: dict, path: Path, title: str) -> None:
+def montage(pred: np.ndarray, placement: dict, out, rel: str, title: str) -> None:
     """Eight frames evenly spaced in time (slice targets) or the middle axial slice of eight frames'
     change from the series mean (volume targets); a line plot for parcels."""
     import matplotlib
@@ -206,36 +303,38 @@ def montage(pred: np.ndarray, placement: dict, path: Path, title: str) -> None:
             ax.set_title(f"{t * TR:.1f} s", fontsize=8)
             ax.axis("off")
         fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    put_figure(out, rel, fig, dpi=80, bbox_inches="tight")
     plt.close(fig)
 
 
 def generate(config: GenerateConfig) -> dict:
-    """Write the synthetic series, its sidecar and montage; return the sidecar."""
-    state, checkpoint = load_model(config.model)
+    """Write the synthetic series, its sidecar and montage; return the sidecar. The model, the output's
+    place and the recording's time range are checked before the recording is read."""
+    state, checkpoint = load_model(config.model, config.storage_options)
     model = state["model"]
+    placement = model["placement"]
+    folder, name, root = output_path(config, placement["kind"])
+    writing = {k: v for k, v in config.storage_options.items() if k != "anon"}  # outputs are signed
+    out = location(folder, writing if folder.startswith("s3://") else None)
+    out.check_writable()
+    if config.events is not None:  # before the recording is read: the right file, readable
+        story_span(config, float("inf"))
     features, timing = recording_features(config, model)
     pred = predict(generator_from_checkpoint(state), features, config.batch_size, config.progress)
-    out = Path(config.out) if config.out is not None else default_out(config.meg)
-    placement = model["placement"]
-    stem = out.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".tsv")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = name.removesuffix(".gz").removesuffix(".nii").removesuffix(".tsv")
     if placement["kind"] == "parcels":
-        out = out.with_name(stem + ".tsv") if not out.name.endswith(".tsv") else out
-        with open(out, "w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t")
-            writer.writerow([f"label-{label}" for label in placement["labels"]])
-            writer.writerows([[f"{v:.6f}" for v in row] for row in pred])
+        header = "\t".join(f"label-{label}" for label in placement["labels"])
+        put_text(out, name, "\n".join([header, *("\t".join(f"{v:.6f}" for v in row) for row in pred)]) + "\n")
     else:
-        nib.save(series_image(pred, placement), out)
+        put_nifti(out, name, series_image(pred, placement))
     sidecar = {
         "Description": "Synthetic BOLD predicted from MEG by meg2fmri (not a recording). Values are BOLD "
                        "min-max normalised over a run to [0, 1], the units the model was trained on.",
-        "GeneratedBy": [{"Name": "meg2fmri generate", "Description": "model/generate.py"}],
+        "GeneratedBy": [{"Name": "meg2fmri", "Version": package_version(),
+                         "Description": "generate (model/generate.py)"}],
         "Sources": [str(config.meg)],
         "RepetitionTime": TR,
-        "Model": {"checkpoint": str(checkpoint),
-                  "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "Model": {"checkpoint": checkpoint, "sha256": state["sha256"],
                   "variant": state["config"]["variant"], "step": state["step"], "target": model["target"],
                   "head": model.get("head"), "trained_on": state["config"]["shards"]},
         "Features": {"kind": model["features"], "width": len(model["feature_names"]),
@@ -247,7 +346,9 @@ def generate(config: GenerateConfig) -> dict:
                    "rule": "volume i is predicted from the epoch starting i * TR after the story onset "
                            "and lies Lag s after it"},
     }
-    (out.parent / f"{stem}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
-    montage(pred, placement, out.parent / f"{stem}.png", f"{out.name}: {len(pred)} volumes")
-    sidecar["outputs"] = [str(out), str(out.parent / f"{stem}.json"), str(out.parent / f"{stem}.png")]
+    put_json(out, f"{stem}.json", sidecar)
+    montage(pred, placement, out, f"{stem}.png", f"{name}: {len(pred)} volumes")
+    if root is not None:
+        put_json(location(root, out.storage_options), "dataset_description.json", dataset_description())
+    sidecar["outputs"] = [out.url_of(n) for n in (name, f"{stem}.json", f"{stem}.png")]
     return sidecar

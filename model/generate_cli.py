@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.errors import Meg2fmriError, exit_status
 
 from .generate import GenerateConfig, generate
 
@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=None, help="story onset, s from the file start (default 0)")
     p.add_argument("--stop", type=float, default=None,
                    help="story end, s from the file start (default: the end)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output NIfTI (TSV for parcel targets); sidecar .json and montage .png beside it "
+    p.add_argument("--out", default=None, metavar="FILE.nii.gz|DIR",
+                   help="output NIfTI (TSV for parcel targets), or a folder (or s3:// prefix): then a BIDS "
+                   "derivatives tree DIR/derivatives/meg2fmri/sub-XX/func/..._desc-meg2fmri_bold.nii.gz with "
+                   "its dataset_description.json; sidecar .json and montage .png beside the image "
                         "(default: the FIF's name with _desc-meg2fmri_bold.nii.gz, in this folder)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for an s3:// FIF (default: AWS)")
     p.add_argument("--anon", action="store_true", help="anonymous S3 reads (public buckets, e.g. OpenNeuro)")
@@ -45,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         options["client_kwargs"] = {"endpoint_url": args.endpoint_url}
     if args.anon:
         options["anon"] = True
-    config = GenerateConfig(model=args.model, meg=args.meg, out=args.out, events=args.events,
-                            start=args.start,
-                            stop=args.stop, storage_options=options, progress=not args.quiet)
     try:
+        config = GenerateConfig(model=args.model, meg=args.meg, out=args.out, events=args.events,
+                                start=args.start, stop=args.stop, storage_options=options,
+                                progress=not args.quiet)
         sidecar = generate(config)
     except Meg2fmriError as err:
         print(f"generate: error: {err}", file=sys.stderr)
-        return 1
+        return exit_status(err)
     print(f"generate: {sidecar['Timing']['volumes']} volumes at TR {sidecar['RepetitionTime']} s -> "
           + ", ".join(sidecar["outputs"]))
     return 0

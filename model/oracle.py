@@ -13,6 +13,7 @@ shards. ``evaluate --oracle FILE`` scores it as the ceiling a perfect model of t
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -26,8 +27,8 @@ from meg2fmri.ingest.synth.fmri import slice_times
 from meg2fmri.ingest.synth.sources import CANONICAL_PEAK, DRIVE_SFREQ, bold_response
 from meg2fmri.ingest.synth.writer import CONFIG_NAME, TRUTH
 from meg2fmri.ingest.targets import extractor_of_index
-from meg2fmri.shards.commit import Location
-from meg2fmri.shards.errors import InputError, Meg2fmriError
+from meg2fmri.shards.commit import Location, write_atomic
+from meg2fmri.shards.errors import InputError, Meg2fmriError, exit_status
 from meg2fmri.shards.format import read_shard
 from meg2fmri.shards.index import read_index
 from meg2fmri.shards.split import EVALUATION_SETS, SPLITS
@@ -133,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.ingest is None or args.out is None:
         p.error("--ingest and --out are required (unless --peak-slice)")
     try:
+        Location(args.out.absolute().parent).check_writable("--out")
         splits = tuple(args.split or EVALUATION_SETS)
         keys, images = oracle_images(args.bids_root, args.ingest, splits)
     except (Meg2fmriError, FileNotFoundError, KeyError) as err:
         print(f"synth-oracle: error: {err}", file=sys.stderr)
-        return 1
-    np.savez(args.out, keys=np.array(keys), images=images)
+        return exit_status(err) if isinstance(err, Meg2fmriError) else 2
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.array(keys), images=images)
+    write_atomic(args.out, buffer.getvalue())
     print(f"synth-oracle: {len(keys)} samples of {', '.join(splits)} -> {args.out}")
     return 0
 

@@ -12,9 +12,7 @@ set also holds out stories, so the paper's numbers are a reference point, not a 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -22,7 +20,8 @@ from skimage.metrics import structural_similarity
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.split import EVALUATION_SETS
 
-from .evaluate import EvalConfig, generator_predictions, load_split, model_runs
+from .evaluate import EvalConfig, check_inputs, generator_predictions, load_split, model_runs
+from .outputs import put_json, put_text
 from .stats import cluster_bootstrap
 
 PAPER = {"mse": 0.046, "ssim": 0.622}
@@ -53,6 +52,7 @@ def paper_scores(pred: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def paper_protocol(config: EvalConfig) -> dict:
+    check_inputs(config)
     train, index = load_split(config, "train")
     if train is None:
         raise InputError(f"{config.shards}: the index has no training samples")
@@ -69,7 +69,8 @@ def paper_protocol(config: EvalConfig) -> dict:
         if ev is None:
             continue
         rows = []
-        predictions = {m: generator_predictions(f, ev.meg, width, target) for m, f in models.items()}
+        predictions = {m: generator_predictions(f, ev.meg, width, target, config.storage_options)
+                       for m, f in models.items()}
         predictions["mean_image"] = np.broadcast_to(mean_image, ev.fmri.shape)
         for method, pred in predictions.items():
             scores = paper_scores(pred, ev.fmri)
@@ -94,10 +95,9 @@ def paper_protocol(config: EvalConfig) -> dict:
         "pairing": index.config.get("pairing"),
         "config": asdict(config) | {"storage_options": {}},
     }
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "paper_protocol.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "paper_protocol.md").write_text(paper_markdown(result))
+    out = config.output()
+    put_json(out, "paper_protocol.json", result)
+    put_text(out, "paper_protocol.md", paper_markdown(result))
     return result
 
 

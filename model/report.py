@@ -27,12 +27,17 @@ def set_table(name: str, result: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        name = f"{r['name']} (degenerate)" if r.get("degenerate") else r["name"]
         lines.append(
-            f"| {r['name']} | {r['voxel_r']:.3f} {interval(r['voxel_r_ci'], '.3f')} | "
+            f"| {name} | {r['voxel_r']:.3f} {interval(r['voxel_r_ci'], '.3f')} | "
             f"{r['voxel_r_p']:.4f} | {r['voxel_r_of_ceiling']:.2f} | {r['change_r2']:+.4f} | "
             f"{r['mse']:.6f} {interval(r['mse_ci'], '.6f')} | {r['ssim']:.5f} "
             f"{interval(r['ssim_ci'], '.5f')} | {r['ssim_mask']:.5f} |"
         )
+    degenerate = [r for r in result["rows"] if r.get("degenerate")]
+    if degenerate:
+        lines += [""] + [f"- **{r['name']} is degenerate**: {r['degenerate']}; its numbers are not a fitted "
+                         "model's." for r in degenerate]
     if "maps" in result:
         maps = result["maps"]
         lines += ["", f"Voxel maps ({maps['voxels']} in-mask voxels; `maps/{name}/`): voxels passing the "
@@ -61,9 +66,17 @@ def set_table(name: str, result: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     lines = []
+    missing = result["settings"].get("missing_runs") or []
+    if missing:
+        lines += [f"**Partial dataset: {len(missing)} run(s) are not in these shards** (ingest could not use "
+                  "them; every figure below is without them):", ""]
+        lines += [f"- {line}" for line in missing] + [""]
     for name, set_result in result["sets"].items():
         lines += set_table(name, set_result)
     s = result["settings"]
+    for name, choice in s["choices"].items():
+        if isinstance(choice, dict) and choice.get("not_fitted"):
+            lines += [f"**{name} was not fitted** (no row): {choice['not_fitted']}.", ""]
     ssim = s["ssim"]
     lines += [
         f"SSIM: {ssim['library']} {ssim['function']}, data_range={ssim['data_range']}, Gaussian window "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from meg2fmri.shards.errors import InputError
+
 MIN_SUBJECTS = 3  # fewer subjects than this: resample runs only
 
 
@@ -157,17 +159,13 @@ def grouped_folds(subjects: np.ndarray, stories: np.ndarray, k: int = 4) -> tupl
     are fixed in advance. With one training story (or subject) the folds group by the other alone."""
     subject_ids, story_ids = np.unique(subjects), np.unique(stories)
     if len(subject_ids) < 2 and len(story_ids) < 2:
-        raise ValueError("grouped cross-validation needs at least 2 training subjects or stories")
+        raise InputError("grouped cross-validation needs at least 2 training subjects or stories; the "
+                         "training set has one subject and one story")
     if len(story_ids) < 2 or len(subject_ids) < 2:
-        labels, name = (subjects, "subjects") if len(subject_ids) >= 2 else (stories, "stories")
-        ids = np.unique(labels)
-        k = min(k, len(ids))
-        folds = [
-            (np.flatnonzero(~np.isin(labels, ids[i::k])), np.flatnonzero(np.isin(labels, ids[i::k])))
-            for i in range(k)
-        ]
-        single = "story" if name == "subjects" else "subject"
-        return folds, f"{k} folds grouped by {name} only (a single training {single})"
+        by_subject = len(subject_ids) >= 2
+        return one_label_folds(subjects if by_subject else stories, k,
+                               "subjects" if by_subject else "stories",
+                               f"a single training {'story' if by_subject else 'subject'}")
     k = min(k, len(subject_ids))
     folds = []
     for i in range(k):
@@ -177,4 +175,16 @@ def grouped_folds(subjects: np.ndarray, stories: np.ndarray, k: int = 4) -> tupl
         train, valid = np.flatnonzero(~in_subjects & ~in_stories), np.flatnonzero(in_subjects & in_stories)
         if len(train) and len(valid):
             folds.append((train, valid))
+    if len(folds) < 2:  # runs missing (a partial dataset): too few subject x story cells are filled
+        return one_label_folds(subjects, k, "subjects", f"only {len(folds)} new-subject x new-story "
+                                                        "fold(s) have samples: runs are missing")
     return folds, f"{len(folds)} folds, each new subjects x new stories (of the training set)"
+
+
+def one_label_folds(labels: np.ndarray, k: int, name: str, why: str) -> tuple[list, str]:
+    """Folds that each validate on a group of ``labels`` (subjects or stories) and train on the rest."""
+    ids = np.unique(labels)
+    k = min(k, len(ids))
+    folds = [(np.flatnonzero(~np.isin(labels, ids[i::k])), np.flatnonzero(np.isin(labels, ids[i::k])))
+             for i in range(k)]
+    return folds, f"{k} folds grouped by {name} only ({why})"

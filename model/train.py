@@ -9,13 +9,12 @@ weights as an uninterrupted one (tested).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,13 +23,21 @@ from tqdm import tqdm
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.loader.storage import read_mask
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.format import RunId, TargetLayout
 
 from .nets import Discriminator, Generator, LowRankGenerator, VectorDiscriminator, to_tanh
+from .outputs import (
+    CHECKPOINT,
+    drop_log_after,
+    load_checkpoint_file,
+    location,
+    save_checkpoint,
+    write_log_part,
+)
 
 VARIANTS = ("cgan", "no_adversarial", "shuffled")
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,20 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self):
+        for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                   ("--lr-step-epochs", self.lr_step_epochs, 1),
+                                   ("--checkpoint-every", self.checkpoint_every, 1),
+                                   ("--pca-samples", self.pca_samples, 1),
+                                   ("--workers", self.num_workers, 0)):
+            if value < low:
+                raise InputError(f"{option} must be at least {low}, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"--max-steps must be at least 1 (or left out), got {self.max_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.recon_weight < 0 or self.weight_decay < 0:
+            raise InputError(f"--recon-weight and --weight-decay must be >= 0, got {self.recon_weight}, "
+                             f"{self.weight_decay}")
         if self.variant not in VARIANTS:
             raise InputError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
         if self.target not in ("deviation", "image"):
@@ -138,17 +159,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, width: int, target: TargetLayout, smooth: float) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no checkpoint to resume from; drop --resume to start afresh") from None
+def load_checkpoint(out: Location, width: int, target: TargetLayout, smooth: float) -> dict:
+    path = out.url_of(CHECKPOINT)
+    if not out.exists(CHECKPOINT):
+        raise InputError(f"{path}: no checkpoint to resume from; drop --resume to start afresh")
+    state = load_checkpoint_file(out.url, out.storage_options, option="--resume:")
     model = state["model"]
     trained = model.get("target", {"kind": "slice", "shape": [model.get("size")] * 2})
     if model["width"] != width or list(trained["shape"]) != list(target.shape):
@@ -255,7 +270,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def train(config: TrainConfig, progress: bool = True) -> Path:
+def train(config: TrainConfig, progress: bool = True) -> str:
     """Train one variant; return the checkpoint path. Resumes from ``out/checkpoint.pt`` if asked."""
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed and not torch.distributed.is_initialized():
@@ -263,6 +278,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     rank = torch.distributed.get_rank() if distributed else 0
     if distributed and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    out = location(config.out, config.storage_options)
+    if rank == 0:
+        out.check_writable()
+        out.remove_temporaries()  # a checkpoint or log part that a kill -9 cut short
     seed_everything(config.seed)
     loader = ShardLoader(config.shards, "train", StreamConfig(batch_size=config.batch_size, seed=config.seed),
                          StoreConfig(storage_options=config.storage_options), num_workers=config.num_workers,
@@ -270,11 +289,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     device, index = loader.device, loader.index
     keep = torch.tensor(feature_mask(index.features["names"], config.meg_only), device=device)
     width, target = len(keep), index.target_layout
-    out = Path(config.out)
-    path = out / CHECKPOINT
-    if not config.resume and path.exists():
-        raise InputError(f"{path}: a run is already here; pass --resume to continue it, or another --out")
-    state = load_checkpoint(path, width, target, config.smooth) if config.resume else None
+    if not config.resume and out.exists(CHECKPOINT):
+        raise InputError(f"{out.url_of(CHECKPOINT)}: a run is already here; pass --resume to continue it, or "
+                         "another --out")
+    missing = index.missing_runs()
+    if missing and rank == 0:  # a partial dataset is said, not silently trained on
+        print(f"train: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest could "
+              "not use them):\n" + "\n".join(f"  {line}" for line in missing), file=sys.stderr)
+    state = load_checkpoint(out, width, target, config.smooth) if config.resume else None
     if state is not None:
         loader.load_state_dict(state["loader"])  # checks the shards are the ones it was trained on
     means = training_means(config, target)  # after the checks above: bad inputs fail before any pass
@@ -286,7 +308,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     placement = dict(index.target)  # what `generate` needs to write NIfTI: grid, affine, mask
     if target.kind == "volume":
         placement["mask_bits"] = np.packbits(np.asarray(read_mask(loader.store, index).dataobj) > 0)
-    out.mkdir(parents=True, exist_ok=True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
                              weight_decay=config.weight_decay)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
@@ -310,12 +331,17 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     shuffler = torch.Generator().manual_seed(config.seed + 1)
     if config.resume and "shuffler" in state:
         shuffler.set_state(state["shuffler"])
-    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    if config.resume and rank == 0:
+        drop_log_after(out, step)
+    log: list[dict] | None = [] if rank == 0 else None  # records since the last checkpoint
 
     def checkpoint() -> None:
         if rank != 0:
             return
-        save_atomic({"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
+        write_log_part(out, step, log)
+        log.clear()
+        save_checkpoint(out, {
+                     "generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                      "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
                      "loader": loader.state_dict(), "rng": rng_state(), "shuffler": shuffler.get_state(),
@@ -330,8 +356,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                                            ("pairing", "features", "stride", "lag", "epoch", "size", "target")
                                            if k in index.config.get("pairing", {})},
                                "mean_target": means.image.cpu(), "placement": placement},
-                     "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset},
-                    path)
+                     "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset,
+                     "missing_runs": missing})
 
     stopped = False
     for epoch in range(loader.epoch, config.epochs):
@@ -360,7 +386,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             if log is not None:
                 record = {"step": step, "epoch": epoch, **losses, "lr": opt_g.param_groups[0]["lr"],
                           "samples_per_s": len(meg) / (t2 - t0), "data_wait": (t1 - t0) / (t2 - t0)}
-                log.write(json.dumps(record) + "\n")
+                log.append(record)
             bar.update(1)
             if step % config.checkpoint_every == 0:
                 checkpoint()
@@ -378,12 +404,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         if log is not None:
             record = {"epoch_end": epoch, "step": step, "data_wait_fraction": wait / max(busy, 1e-9),
                       "lr": opt_g.param_groups[0]["lr"], "seconds": busy}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.append(record)
         checkpoint()
-    if log is not None:
-        log.close()
-    return path
+    return out.url_of(CHECKPOINT)
 
 
 def update(generator, critic, opt_g, opt_d, meg, real, bce, mse, config: TrainConfig) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri.shards.errors import Meg2fmriError, exit_status
 
 from .train import VARIANTS, TrainConfig, train
 
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl")
+    p.add_argument("--out", required=True,
+                   help="run folder or s3:// prefix: checkpoint.pt, log/ (each written whole)")
     p.add_argument("--variant", choices=VARIANTS, default=d.variant,
                    help="cgan; no_adversarial (the generator with MSE only); shuffled (MEG vectors permuted "
                         f"within each batch: does the MEG carry information?) (default: {d.variant})")
@@ -74,20 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
-                         recon_weight=args.recon_weight, weight_decay=args.weight_decay, target=args.target,
-                         meg_only=args.meg_only, seed=args.seed, smooth=args.smooth,
-                         components=args.components, explained=args.explained,
-                         max_components=args.max_components, pca_samples=args.pca_samples,
-                         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-                         num_workers=args.workers, device=args.device, resume=args.resume,
-                         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else {})
     try:
+        config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
+                             recon_weight=args.recon_weight, weight_decay=args.weight_decay,
+                             target=args.target,
+                             meg_only=args.meg_only, seed=args.seed, smooth=args.smooth,
+                             components=args.components, explained=args.explained,
+                             max_components=args.max_components, pca_samples=args.pca_samples,
+                             checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+                             num_workers=args.workers, device=args.device, resume=args.resume,
+                             storage_options=({"endpoint_url": args.endpoint_url} if args.endpoint_url
+                                              else {}))
         path = train(config, progress=not args.quiet)
     except Meg2fmriError as err:
         print(f"train: error: {err}", file=sys.stderr)
-        return 1
+        return exit_status(err)
     print(f"train: checkpoint {path}")
     return 0
 

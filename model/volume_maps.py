@@ -24,7 +24,9 @@ import numpy as np
 from scipy.stats import false_discovery_control
 
 from meg2fmri.loader import StoreConfig, open_store, storage
+from meg2fmri.shards.commit import Location
 
+from .outputs import put_figure, put_nifti
 from .stats import shift_tables, standardise
 
 FDR_Q = 0.05
@@ -92,7 +94,8 @@ def truth_amplitude(bids_root: Path, subjects: list[str], inside: np.ndarray) ->
     return np.mean([np.sqrt((m**2).sum(axis=0))[inside] for m in maps], axis=0)
 
 
-def map_figure(r_map: nib.Nifti1Image, background: nib.Nifti1Image, path: Path, title: str) -> None:
+def map_figure(r_map: nib.Nifti1Image, background: nib.Nifti1Image, out: Location, rel: str,
+               title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,16 +107,15 @@ def map_figure(r_map: nib.Nifti1Image, background: nib.Nifti1Image, path: Path, 
     display = plotting.plot_stat_map(r_map, bg_img=background, display_mode="z", cut_coords=6,
                                      threshold=0.1 * peak, vmax=peak, title=title, colorbar=True,
                                      draw_cross=False, black_bg=True)
-    display.savefig(path, dpi=90)
+    put_figure(out, rel, display.frame_axes.figure, dpi=90, facecolor="k", edgecolor="k")
     display.close()
     plt.close("all")
 
 
-def volume_report(out: Path, ev, predictions: dict[str, np.ndarray], mask: nib.Nifti1Image, rng,
+def volume_report(out: Location, ev, predictions: dict[str, np.ndarray], mask: nib.Nifti1Image, rng,
                   draws: int, min_shift: int, bids_root: str | None, figures: tuple[str, ...]) -> dict:
     """Maps, FDR fraction and truth correlation of every method on one set (see the module doc)."""
-    folder = out / "maps" / ev.name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = f"maps/{ev.name}"
     inside = np.asarray(mask.dataobj) > 0
     subjects = sorted(set(ev.run_subjects))
     truth = None if bids_root is None else truth_amplitude(Path(bids_root), subjects, inside)
@@ -123,13 +125,13 @@ def volume_report(out: Path, ev, predictions: dict[str, np.ndarray], mask: nib.N
         r, r2 = run_maps(pred, ev.fmri, ev.by_run)
         p = voxel_shift_p(pred, ev.fmri, ev.by_run, rng, draws, min_shift)
         passed = false_discovery_control(p) < FDR_Q if np.isfinite(p).all() else np.zeros(len(p), bool)
-        nib.save(to_image(r, mask), folder / f"{name}_r.nii.gz")
-        nib.save(to_image(r2, mask), folder / f"{name}_r2.nii.gz")
+        put_nifti(out, f"{folder}/{name}_r.nii.gz", to_image(r, mask))
+        put_nifti(out, f"{folder}/{name}_r2.nii.gz", to_image(r2, mask))
         row = {"mean_r": float(r.mean()), "fdr_fraction": float(passed.mean()),
                "fdr_voxels": int(passed.sum()),
                "truth_r": float(np.corrcoef(r, truth)[0, 1]) if truth is not None and r.std() > 0 else None}
         if name in figures:
-            map_figure(to_image(r, mask), background, folder / f"{name}_r.png",
+            map_figure(to_image(r, mask), background, out, f"{folder}/{name}_r.png",
                        f"{name}: voxel r on {ev.name} (mean {row['mean_r']:.3f})")
         rows[name] = row
     return {"voxels": int(inside.sum()), "fdr_q": FDR_Q, "draws": draws, "rows": rows,
