@@ -103,7 +103,7 @@ def test_generate_refuses_bad_input_naming_the_file_and_the_fix(volume_runs: Pat
     model = str(volume_runs / "cgan")
     # a time range outside the recording
     assert generate_cli.main(["--model", model, "--meg", str(fif), "--start", "5", "--stop", "5000",
-                              "--quiet", "--out", str(tmp_path / "a.nii.gz")]) == 1
+                              "--quiet", "--out", str(tmp_path / "a.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert str(fif) in err and "outside the recording" in err and "--start/--stop" in err
     # a recording without channels the model reads
@@ -112,12 +112,12 @@ def test_generate_refuses_bad_input_naming_the_file_and_the_fix(volume_runs: Pat
     short = tmp_path / "sub-04_task-RDR_run-3_meg.fif"
     raw.save(short, verbose="error")
     assert generate_cli.main(["--model", model, "--meg", str(short), "--quiet",
-                              "--out", str(tmp_path / "b.nii.gz")]) == 1
+                              "--out", str(tmp_path / "b.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert str(short) in err and "10 are not in this recording" in err and "--meg-only" in err
     assert not (tmp_path / "b.nii.gz").exists()
     # no checkpoint
-    assert generate_cli.main(["--model", str(tmp_path), "--meg", str(fif), "--quiet"]) == 1
+    assert generate_cli.main(["--model", str(tmp_path), "--meg", str(fif), "--quiet"]) == 2
     assert "no checkpoint.pt there" in capsys.readouterr().err
 
 

@@ -46,7 +46,10 @@ def test_known_trigger_faults_are_repaired_with_a_warning(defects_root: Path, tm
         attrs = zarr.open_group(out / f"cache.zarr/sub-{subject}_run-{run}", mode="r").attrs
         assert attrs["warnings"] == []
     # sub-09 run-7 starts 13 ms before the file: the paper's single epoch is clamped, with a warning
-    assert ingest("--out", str(out), "--from-cache", "--pairing", "paper", "--held-out", "09") == 0
+    assert ingest("--out", str(out), "--from-cache", "--pairing", "paper", "--held-out", "09") == 2
+    assert "holds shards made with other options (--pairing: 'windows' -> 'paper')" in capsys.readouterr().err
+    assert ingest("--out", str(out), "--from-cache", "--pairing", "paper", "--held-out", "09",
+                  "--overwrite") == 0
     assert "sub-09_run-7: the MEG file starts 0.010 s after the story" in capsys.readouterr().out
 
 
@@ -247,7 +250,9 @@ def test_identical_recordings_are_named_and_the_policy_applies(tiny_root: Path, 
     assert [(d["data"], d["runs"]) for d in index.duplicates] == [("meg", ["sub-01_run-1", "sub-03_run-1"])]
     assert {(r["subject"], r["run"]) for r in index.runs} == {("01", 1), ("01", 2), ("03", 1), ("03", 2)}
 
-    assert ingest_cli.main([*common, "--on-duplicate", "skip"]) == 0
+    assert ingest_cli.main([*common, "--on-duplicate", "skip"]) == 2  # other options: refused ...
+    assert "--on-duplicate: 'warn' -> 'skip'" in capsys.readouterr().err
+    assert ingest_cli.main([*common, "--on-duplicate", "skip", "--overwrite"]) == 0  # ... unless asked
     index = read_index(out)
     assert {(r["subject"], r["run"]) for r in index.runs} == {("01", 1), ("01", 2), ("03", 2)}
     assert [f["error"] for f in index.failed] == ["sub-03_run-1: skipped, a duplicate (--on-duplicate skip)"]

@@ -177,11 +177,11 @@ def test_ingest_s3_to_s3_on_a_ray_cluster_survives_kill_9(tiny_root, ingested, c
     keys = listing(client, OUT_BUCKET, "tiny")
     runs = {f"sub-{r['subject']}_run-{r['run']}" for r in local.runs}
     assert sorted(committed_runs(client, keys)) == sorted(runs)
-    work_dirs = {k.split("/")[1] for k in keys if k.startswith(".work/")}
+    work_dirs = {k.split("/")[1] for k in keys if k.startswith(".work/")} - {"attempt"}
     assert len(work_dirs) == 1
     expected_pairs = {f".work/{next(iter(work_dirs))}/{r}.npz" for r in runs}
     orphans = [k for k in keys if not (
-        k == "index.json" or k in {e.name for e in index.shards} or k in expected_pairs
+        k in ("index.json", ".work/attempt") or k in {e.name for e in index.shards} or k in expected_pairs
         or k == "cache.zarr/zarr.json" or k.split("/")[:2] in [["cache.zarr", r] for r in runs])]
     assert orphans == []
     assert not client.list_multipart_uploads(Bucket=OUT_BUCKET).get("Uploads")

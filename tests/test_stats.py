@@ -129,3 +129,16 @@ def test_shift_tables_equal_r_over_each_overlap():
                          for s in range(40)])
     np.testing.assert_allclose(shift_tables(pred, real), expected, atol=1e-10)
     assert (shift_tables(pred, real)[:, 3] == 0).all()
+
+
+def test_grouped_folds_fall_back_to_subjects_when_runs_are_missing():
+    """sub-01 x story 1 missing (a failed run): no new-subject x new-story fold has both a training and
+    a validation part, so the folds group by subject alone and say why (they had been empty: every
+    penalty's score was the mean of nothing)."""
+    subjects = np.array(["01"] * 5 + ["03"] * 10)
+    stories = np.array([2] * 5 + [1] * 5 + [2] * 5)
+    folds, how = grouped_folds(subjects, stories)
+    assert "grouped by subjects only" in how and "runs are missing" in how
+    assert len(folds) == 2
+    for train, valid in folds:
+        assert len(train) and len(valid) and not set(subjects[train]) & set(subjects[valid])

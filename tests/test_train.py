@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from meg2fmri.model import train_cli
+from meg2fmri.model.outputs import read_log
 from meg2fmri.model.train import TrainConfig, train
+from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 
 
@@ -30,15 +32,72 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(ingested, tmp_path, 
     resumed = train(TrainConfig(out=str(part), resume=True, **base), progress=False)
     a, b = weights(whole), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(line)["step"] for line in (part / "log.jsonl").read_text().splitlines()
-             if "epoch_end" not in line]
+    steps = [r["step"] for r in read_log(Location(part)) if "epoch_end" not in r]
     assert steps == list(range(1, 11))  # 80 samples / 16 = 5 steps per epoch, none repeated
+
+
+def test_kill_9_during_training_then_resume_ends_with_the_same_weights(ingested, tmp_path):
+    """A training process killed with SIGKILL leaves a whole checkpoint (never a half-written file under
+    its name); resumed from it, the run ends with the weights of an uninterrupted one, each step logged
+    once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {"epochs": 30, "batch_size": 16, "seed": 3, "checkpoint_every": 3}
+    base = dict(shards=str(ingested), device="cpu", **settings)
+    part = tmp_path / "part"
+    cmd = [sys.executable, "-m", "meg2fmri.model.train_cli", "--shards", str(ingested), "--out", str(part),
+           "--device", "cpu", "--quiet", *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while not (part / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    killed_at = torch.load(part / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+    assert 0 < killed_at < 150  # 80 samples / 16 = 5 steps an epoch, 30 epochs
+    resumed = train(TrainConfig(out=str(part), resume=True, **base), progress=False)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **base), progress=False)
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_log(Location(part)) if "epoch_end" not in r]
+    assert steps == list(range(1, 151))
+    assert not [p for p in part.rglob(".*tmp-*")]  # what the kill cut short was cleaned up
+
+
+def test_train_and_evaluate_write_to_s3(ingested, s3_server, tmp_path, capsys):
+    """``--out s3://...`` for train and evaluate (moto on loopback): each object put whole."""
+    import boto3
+
+    from meg2fmri.model import evaluate_cli
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket="meg2fmri-runs")
+    runs = "s3://meg2fmri-runs/tiny/runs"
+    assert train_cli.main(["--shards", str(ingested), "--out", f"{runs}/cgan", "--epochs", "1", "--quiet",
+                           "--device", "cpu", "--batch-size", "16", "--endpoint-url", s3_server]) == 0
+    assert evaluate_cli.main(["--shards", str(ingested), "--runs", runs, "--out", "s3://meg2fmri-runs/tiny/eval",
+                              "--bootstrap", "50", "--null-draws", "50", "--endpoint-url", s3_server]) == 0
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="meg2fmri-runs")["Contents"]}
+    assert {"tiny/runs/cgan/checkpoint.pt", "tiny/runs/cgan/log/000000005.jsonl", "tiny/eval/results.json",
+            "tiny/eval/results.md", "tiny/eval/predictions/test/cgan.npz", "tiny/eval/pairs.png"} <= keys
+    body = client.get_object(Bucket="meg2fmri-runs", Key="tiny/eval/results.json")["Body"].read()
+    results = json.loads(body)
+    assert [r["name"] for r in results["sets"]["test"]["rows"]][:2] == ["cgan", "mean_image"]
 
 
 def test_log_has_losses_lr_and_data_wait(ingested, tmp_path):
     train(TrainConfig(shards=str(ingested), out=str(tmp_path / "run"), epochs=1, batch_size=16, device="cpu"),
           progress=False)
-    records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    records = read_log(Location(tmp_path / "run"))
     step, end = records[0], records[-1]
     assert {"loss_d", "loss_g_adv", "loss_g_mse", "lr", "samples_per_s", "data_wait"} <= set(step)
     assert end["epoch_end"] == 0 and 0 <= end["data_wait_fraction"] <= 1
@@ -49,7 +108,7 @@ def test_one_sample_per_run_refuses_deviation_targets_and_names_the_fix(paper_in
     would all equal the mean training image. train refuses, naming --target image, which works."""
     args = ["--shards", str(paper_ingested), "--out", str(tmp_path / "dev"), "--epochs", "1", "--quiet",
             "--device", "cpu"]
-    assert train_cli.main(args) == 1
+    assert train_cli.main(args) == 2
     err = capsys.readouterr().err
     assert "training run(s) have one sample" in err and "use --target image" in err
     assert not (tmp_path / "dev" / "checkpoint.pt").exists()
