@@ -326,8 +326,6 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     ok = [RunId(r["subject"], r["run"]) for r in results if r["ok"]]
     index = None
     clock = time.perf_counter()
-    if config.pairing.target != "volume":
-        out.remove(MASK_NAME)  # an earlier ingest's, with volume targets
     if ok:
         names = feature_names(config.pairing, list(channels.names))
         features = {"kind": config.pairing.features, "width": len(names), "names": names,
@@ -350,6 +348,8 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
                        if not r["ok"]],
             "duplicates": duplicates,
         }, shard_tag(config, options, results))
+        if config.pairing.target != "volume":  # an earlier index's (volume targets), now replaced
+            out.remove(MASK_NAME)
     seconds["shards"] = time.perf_counter() - clock
     return IngestReport(results, held_out, stories, index, notes, seconds)
 
@@ -363,8 +363,8 @@ def check_fenced(out: Location, config: IngestConfig, results: list[dict]) -> No
         return
     groups = cache.run_groups(out, [RunId(r["subject"], r["run"]) for r in decoded])
     for r in decoded:
-        attrs = groups.get(RunId(r["subject"], r["run"])) or {}
-        if attrs.get("attempt", config.attempt) != config.attempt:
+        attrs = groups.get(RunId(r["subject"], r["run"]))
+        if attrs is None or attrs.get("attempt", config.attempt) != config.attempt:
             r.update(ok=False, error=f"{RunId(r['subject'], r['run'])}: its cache group was committed by "
                                      "an earlier, superseded ingest attempt while this one ran; run ingest "
                                      "again (the run is decoded afresh)")
