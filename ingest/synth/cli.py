@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "lengths (benchmarks only; about 660 GB, see --dry-run)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: ./synth-PRESET); refused if it exists and is not empty")
+    p.add_argument("--calibrate", type=Path, default=None, metavar="DATASET",
+                   help="write nothing: measure an existing synth dataset as published studies measure real "
+                   "story-listening data (inter-subject correlation, tSNR, MEG envelope tracking, ...; "
+                   "ingest/synth/calibrate.py), print the table beside the published ranges, and exit 1 if "
+                   "a figure is out of range")
     p.add_argument("--subjects", type=parse_subjects, default=None,
                    help="comma-separated subject ids 01..12, or 'all' (default: the preset's)")
     p.add_argument("--runs", type=parse_runs, default=None,
@@ -131,8 +136,22 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         volume_shape=args.shape, seed=args.seed, defects=args.defects, coupling=coupling)
 
 
+def run_calibration(root: Path) -> int:
+    from .calibrate import calibrate, table
+
+    try:
+        result = calibrate(root)
+    except Meg2fmriError as err:
+        print(f"synth: error: {err}", file=sys.stderr)
+        return 2
+    print(table(result))
+    return 0 if result["in_range"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.calibrate is not None:
+        return run_calibration(args.calibrate)
     from .writer import write_dataset  # heavy imports (MNE) only once the arguments are good
 
     # SIGTERM (e.g. from a job scheduler) cleans up like Ctrl-C does.
