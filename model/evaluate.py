@@ -34,7 +34,8 @@ from meg2fmri.shards.split import EVALUATION_SETS
 from . import baselines, figures, report, volume_maps
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
 from .nets import from_tanh
-from .outputs import CHECKPOINT, load_checkpoint_file, location, put_json, put_npz, put_text
+from .outputs import CHECKPOINT, load_checkpoint_file, location, put_json, put_nifti, put_npz, put_text
+from .roi import training_roi
 from .stats import cluster_bootstrap, resampling_unit, shift_null
 from .train import VARIANTS, generator_from_checkpoint
 
@@ -256,9 +257,10 @@ def finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
-def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray,
+               roi: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-run values of every metric in ``RUN_METRICS``, ``{metric: (runs,)}`` (SSIM is for
-    images: NaN for voxel and parcel targets)."""
+    images: NaN for voxel and parcel targets), and ``roi_r`` (voxel r in the ROI) given one."""
     if ev.fmri.ndim == 2:
         err = ((pred.astype(np.float64) - ev.fmri) ** 2).mean(axis=1)
         images = {"mse": err, "mse_mask": err, "ssim": np.full(len(err), np.nan),
@@ -275,6 +277,9 @@ def run_scores(ev: EvalSet, pred: np.ndarray, mask: np.ndarray) -> dict[str, np.
     out["change_r2"] = np.array(
         [change_r2(pred[g], ev.fmri[g], mask) if len(g) > 1 else np.nan for g in ev.by_run]
     )
+    if roi is not None:
+        out["roi_r"] = np.array([voxel_r(pred[g], ev.fmri[g], roi) if len(g) > 1 else np.nan
+                                 for g in ev.by_run])
     return out
 
 
@@ -306,8 +311,13 @@ def score_set(
     mask: np.ndarray,
     config: EvalConfig,
     rng: np.random.Generator,
+    roi: np.ndarray | None = None,
 ) -> dict:
-    scores = {name: run_scores(ev, pred, mask) for name, pred in predictions.items()}
+    scores = {name: run_scores(ev, pred, mask, roi) for name, pred in predictions.items()}
+    # the ROI's statistics draw from their own generator: the whole-mask figures stay as they were
+    roi_rng = np.random.default_rng(config.seed + 1)
+    if roi is not None:
+        roi_ceiling = float(scores["oracle"]["roi_r"].mean()) if "oracle" in scores else isc_ceiling(ev, roi)
     spacing = (
         np.median(np.diff([ev.meta[i]["fmri_time_s"] for i in ev.by_run[0]])) if len(ev.by_run[0]) > 1 else 0
     )
@@ -335,15 +345,28 @@ def score_set(
             "voxel_r_null_95": null["null_95"],
             "voxel_r_of_ceiling": finite_mean(s["voxel_r"]) / ceiling if ceiling > 0 else float("nan"),
         }
+        if roi is not None:
+            roi_null = shift_null([pred[g][:, roi] for g in ev.by_run],
+                                  [ev.fmri[g][:, roi] for g in ev.by_run], roi_rng, config.null_draws,
+                                  min_shift)
+            row |= {"roi_r": finite_mean(s["roi_r"]),
+                    "roi_r_ci": cluster_bootstrap(s["roi_r"], ev.run_subjects, roi_rng, config.bootstrap),
+                    "roi_r_p": roi_null["p"],
+                    "roi_r_of_ceiling": (finite_mean(s["roi_r"]) / roi_ceiling if roi_ceiling > 0
+                                         else float("nan"))}
         if name != "mean_image" and constant_over_time(pred, ev.by_run):
             row["degenerate"] = "its predictions do not change over time within any run (a constant image)"
         rows.append(row)
 
     def paired(a: str, b: str) -> dict:
-        return {
+        out = {
             k: cluster_bootstrap(scores[a][k] - scores[b][k], ev.run_subjects, rng, config.bootstrap)
             for k in ("voxel_r", "mse", "ssim", "mse_mask", "ssim_mask")
         }
+        if roi is not None:
+            out["roi_r"] = cluster_bootstrap(scores[a]["roi_r"] - scores[b]["roi_r"], ev.run_subjects,
+                                             roi_rng, config.bootstrap)
+        return out
 
     return {
         "samples": len(ev.meta),
@@ -354,6 +377,7 @@ def score_set(
         "min_shift_samples": min_shift,
         "isc": isc,
         "ceiling": "oracle" if "oracle" in scores else "isc (inter-subject correlation, same story)",
+        "roi_ceiling": roi_ceiling if roi is not None else None,
         "rows": rows,
         "per_run": {n: {k: v.tolist() for k, v in s.items()} for n, s in scores.items()},
         # every MEG model against every baseline and the other MEG models (run-level, paired)
@@ -396,13 +420,17 @@ def evaluate(config: EvalConfig) -> dict:
         mask = mean_image > config.mask_fraction * mean_image.max()
     else:  # voxels are in-mask already (the training mask); parcels are regions
         mask = np.ones(mean_image.shape, dtype=bool)
+    try:  # the headline region, from the training split only
+        roi, roi_choice = training_roi(train.fmri, train.meta, mask)
+    except InputError as err:
+        roi, roi_choice = None, {"not_chosen": str(err)}
     missing = index.missing_runs()
     if missing:  # a partial dataset is said, here and in results.md
         print(f"evaluate: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest "
               "could not use them):\n" + "\n".join(f"  {line}" for line in missing), file=sys.stderr)
     predictions, chosen = predict(config, train, sets, mean_image, target)
     rng = np.random.default_rng(config.seed)
-    results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng) for ev in sets}
+    results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng, roi) for ev in sets}
     settings = {
         "ssim": SSIM_SETTINGS,
         "images": "[0, 1], one data_range for every image",
@@ -423,6 +451,7 @@ def evaluate(config: EvalConfig) -> dict:
             "story_clock": "training subjects' mean change at the same story and volume",
         },
         "split": index.split,
+        "roi": roi_choice,
         "missing_runs": missing,
         "slice": index.config.get("slice_choice"),
         "oracle": "noise-free synth truth" if config.oracle else "not given (--oracle, synthetic data only)",
@@ -450,6 +479,10 @@ def evaluate(config: EvalConfig) -> dict:
         settings["maps"] = volume_maps.__doc__.split("\n\n", 1)[1].strip()
     for ev in sets:
         save_predictions(out, ev, predictions[ev.name])
+    if roi is not None:  # anyone can reuse it: the NIfTI mask for volumes, the pixel mask for slices
+        if target.kind == "volume":
+            put_nifti(out, "roi.nii.gz", volume_maps.to_image(roi.astype(np.float32), volume))
+        put_npz(out, "roi.npz", roi=roi)
     put_json(out, "results.json", result)
     put_text(out, "results.md", report.markdown(result))
     shown = sets[0]  # test where it exists: the figures show the headline set

@@ -22,12 +22,22 @@ def set_table(name: str, result: dict) -> list[str]:
         f"shift null >= {result['min_shift_samples']} samples; ceiling: {result['ceiling']} "
         f"(inter-subject r of the real data: {result['isc']:.3f}).",
         "",
-        "| method | voxel r [95% CI] | p (shift null) | of ceiling | change R^2 | MSE [95% CI] | "
+    ]
+    roi = "roi_r" in result["rows"][0]
+    if roi:  # the headline first: r in the training-ISC ROI
+        lines += [f"Headline: voxel r in the ROI (chosen on training data only; ceiling in the ROI: "
+                        f"{result['roi_ceiling']:.3f}); whole-mask r is the secondary column.", ""]
+    lines += [
+        ("| method | ROI r [95% CI] | p (ROI) | ROI of ceiling " if roi else "| method ")
+        + "| voxel r [95% CI] | p (shift null) | of ceiling | change R^2 | MSE [95% CI] | "
         "SSIM [95% CI] | SSIM (mask) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if roi else ""),
     ]
     for r in result["rows"]:
         name = f"{r['name']} (degenerate)" if r.get("degenerate") else r["name"]
+        if roi:
+            name += f" | {r['roi_r']:.3f} {interval(r['roi_r_ci'], '.3f')} | {r['roi_r_p']:.4f} | " \
+                    f"{r['roi_r_of_ceiling']:.2f}"
         lines.append(
             f"| {name} | {r['voxel_r']:.3f} {interval(r['voxel_r_ci'], '.3f')} | "
             f"{r['voxel_r_p']:.4f} | {r['voxel_r_of_ceiling']:.2f} | {r['change_r2']:+.4f} | "
