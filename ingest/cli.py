@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="mean: the paper's 328-d time-mean vector (z-scored across channels); "
                          "bandpower: log power per channel in delta/theta/alpha/beta/gamma over the "
                          "epoch (328x5), z-scored over the run's epochs")
+    pairing.add_argument("--power", choices=["log", "linear"], default="log",
+                         help="bandpower: log band power, or band power itself (linear)")
+    pairing.add_argument("--fir-lags", type=int, default=0, metavar="N",
+                         help="bandpower, windows: 0 = the band power of one --epoch; N = the band power of "
+                         "each of the N one-second bins before the paired volume (lags 0..N-1 s: the field's "
+                         "FIR encoding-model input; N=15 covers 0-15 s; width 328 x 5 x N)")
     pairing.add_argument("--size", type=int, default=32, help="output slice size in pixels (bilinear)")
     pairing.add_argument("--stride", type=float, default=2.0, help="windows: seconds between epochs")
     pairing.add_argument("--lag", type=float, default=5.0, help="windows: hemodynamic lag in seconds")
@@ -145,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = IngestConfig(
             bids_root=args.bids_root, out=args.out, subjects=args.subjects, runs=args.runs,
-            pairing=PairingConfig(args.pairing, args.features, args.size, args.stride, args.lag, args.slice,
-                                  args.epoch, args.target,
-                                  None if args.atlas is None else str(Path(args.atlas).resolve())),
+            pairing=PairingConfig(pairing=args.pairing, features=args.features, size=args.size,
+                                  stride=args.stride, lag=args.lag, slice=args.slice, epoch=args.epoch,
+                                  target=args.target, power=args.power, fir_lags=args.fir_lags,
+                                  atlas=None if args.atlas is None else str(Path(args.atlas).resolve())),
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
             ray_address=args.ray_address, anon=args.anon, on_duplicate=args.on_duplicate,

@@ -54,6 +54,10 @@ class PairingConfig:
     target: str = "slice"  # "slice" | "volume" | "parcels" (targets.py)
     atlas: str | None = None  # parcels: the label image
     mask: tuple[str, str] | None = None  # volume: (mask file, sha256), set by the driver
+    power: str = "log"  # bandpower: "log" (log band power) or "linear" (band power itself)
+    # bandpower, windows: 0 = one epoch per sample; N = the band power of each of the N 1-s bins before
+    # the paired volume (an FIR encoding model's input: lags 0..N-1 s)
+    fir_lags: int = 0
     # the dataset's channels in their canonical order (``bids_io.ChannelSet``), set by the driver: every
     # run's MEG is read by these names; None = each cached run's own order (direct library use)
     channels: tuple[str, ...] | None = None
@@ -68,6 +72,13 @@ class PairingConfig:
             raise InputError(f"--pairing must be 'windows' or 'paper', got {self.pairing!r}")
         if self.features not in ("mean", "bandpower"):
             raise InputError(f"--features must be 'mean' or 'bandpower', got {self.features!r}")
+        if self.power not in ("log", "linear") or (self.power != "log" and self.features != "bandpower"):
+            raise InputError(f"--power must be 'log' or 'linear', and only with --features bandpower; got "
+                             f"{self.power!r} with {self.features!r}")
+        if not 0 <= self.fir_lags <= 30 or (self.fir_lags and (self.features != "bandpower"
+                                                                or self.pairing != "windows")):
+            raise InputError(f"--fir-lags is 0-30 one-second bins, with --features bandpower and --pairing "
+                             f"windows; got {self.fir_lags} with {self.features!r}, {self.pairing!r}")
         if self.size < 4 or self.stride <= 0 or self.lag < 0 or not 0.1 <= self.epoch <= 30:
             raise InputError(f"need --size >= 4, --stride > 0, --lag >= 0 and 0.1 <= --epoch <= 30 s, "
                              f"got {self}")
@@ -102,9 +113,14 @@ def canonical_meg(run: CachedRun, channels: tuple[str, ...] | None) -> np.ndarra
 
 
 def feature_names(config: PairingConfig, ch_names: list[str]) -> list[str]:
+    """``CH`` (mean), ``CH:band`` (bandpower) or ``CH:band:lagJs`` (bandpower with FIR lags), in the
+    order of the feature vector: (lags,) bands, channels."""
     if config.features == "mean":
         return list(ch_names)
-    return [f"{ch}:{band}" for band in BANDS for ch in ch_names]
+    names = [f"{ch}:{band}" for band in BANDS for ch in ch_names]
+    if not config.fir_lags:
+        return names
+    return [f"{name}:lag{j}s" for j in range(config.fir_lags) for name in names]
 
 
 def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
@@ -132,14 +148,17 @@ def band_power(meg: np.ndarray, sfreq: float) -> np.ndarray:
     return out
 
 
-def epoch_features(meg: np.ndarray, power: np.ndarray | None, start: int, length: int) -> np.ndarray:
+def epoch_features(meg: np.ndarray, power: np.ndarray | None, start: int, length: int,
+                   scale: str = "log") -> np.ndarray:
     """Feature vector of the ``length``-sample epoch starting at MEG sample ``start``: the channel
-    means z-scored across channels (the paper's text), or log band power ``(bands * channels,)``."""
+    means z-scored across channels (the paper's text), or band power ``(bands * channels,)``, its log
+    (``scale="log"``) or itself (``"linear"``)."""
     stop = start + length
     if power is None:
         vector = meg[:, start:stop].mean(axis=1)
         return zscore_channels_numpy(vector[None, :])[0]
-    return np.log(power[:, :, start:stop].mean(axis=2) + 1e-6).ravel()  # (bands, channels) raveled
+    mean = power[:, :, start:stop].mean(axis=2)
+    return (np.log(mean + 1e-6) if scale == "log" else mean).ravel()  # (bands, channels) raveled
 
 
 def standardise_over_time(features: np.ndarray) -> np.ndarray:
@@ -150,11 +169,20 @@ def standardise_over_time(features: np.ndarray) -> np.ndarray:
     return (features - features.mean(axis=0)) / np.where(sd > 0, sd, 1)
 
 
-def meg_features(meg: np.ndarray, sfreq: float, starts: list[int], length: int, kind: str) -> np.ndarray:
+def meg_features(meg: np.ndarray, sfreq: float, starts: list[int], length: int, kind: str,
+                 scale: str = "log", fir_lags: int = 0, lag: float = 0.0) -> np.ndarray:
     """Feature vectors ``(len(starts), width)`` float32 of the ``length``-sample epochs at ``starts``
-    of the z-scored 100 Hz MEG ``(channels, samples)``: ingest and ``generate`` both call this."""
+    of the z-scored 100 Hz MEG ``(channels, samples)``: ingest and ``generate`` both call this. With
+    ``fir_lags`` N, each sample's features are instead the band power of the N one-second bins before
+    its volume (at ``start + lag`` s): bin j spans ``[volume - (j + 1) s, volume - j s)``."""
     power = band_power(meg, sfreq) if kind == "bandpower" else None
-    features = np.stack([epoch_features(meg, power, s, length) for s in starts])
+    if fir_lags:
+        second = round(sfreq)
+        ends = [s + round(lag * sfreq) for s in starts]
+        features = np.stack([np.concatenate([epoch_features(meg, power, end - (j + 1) * second, second, scale)
+                                             for j in range(fir_lags)]) for end in ends])
+    else:
+        features = np.stack([epoch_features(meg, power, s, length, scale) for s in starts])
     if power is not None and len(starts) > 1:
         features = standardise_over_time(features)
     return features.astype(np.float32)
@@ -214,8 +242,11 @@ def run_windows(run: CachedRun, config: PairingConfig, meg: np.ndarray | None = 
         volume = round((fmri_onset + tau + config.lag) / tr)
         if tau + length / sfreq > duration or volume >= n_vols:
             break
-        if start < 0 or start + length > meg.shape[1]:
-            continue  # the MEG file does not cover this epoch
+        volume_at = start + round(config.lag * sfreq)  # MEG sample of the paired volume
+        first, last = ((volume_at - config.fir_lags * round(sfreq), volume_at) if config.fir_lags
+                       else (start, start + length))
+        if first < 0 or last > meg.shape[1]:
+            continue  # the MEG file does not cover this epoch (or these FIR bins)
         starts.append(start)
         volumes.append(volume)
         profile_values.append((meg[:, start:start + length] ** 2).mean())
@@ -255,7 +286,8 @@ def pair_run(run: CachedRun, config: PairingConfig, extract) -> RunPairs:
     if slices and not 0 <= chosen < n_slices:
         raise InputError(f"{run.name}: --slice {chosen} is outside 0..{n_slices - 1}")
     starts, volumes, length, meg_onset = windows.starts, windows.volumes, windows.length, windows.meg_onset
-    features = meg_features(meg, sfreq, starts, length, config.features)
+    features = meg_features(meg, sfreq, starts, length, config.features, config.power, config.fir_lags,
+                            config.lag)
     images = extract(run, volumes, chosen, config.size)
     tr, fmri_onset = run.attrs["fmri_tr"], run.attrs["fmri_story_onset_s"]
     meta = [{"subject": run.subject, "run": run.run, "story_time_s": round((s - meg_onset) / sfreq, 4),

@@ -51,12 +51,13 @@ def check_out(out: Location, dataset: dict, options: dict, overwrite: bool) -> b
 
 def differing_options(before: dict | None, now: dict) -> list[str]:
     """``--option: was -> now`` for each option that differs (every option, if ``before`` is None: an
-    index from before options were recorded)."""
+    index from before options were recorded). An option the older index does not name is not compared:
+    options are added with defaults that keep the earlier behaviour."""
     if before is None:
         return ["the index predates recorded options"]
     flat_before, flat_now = flatten(before), flatten(now)
     return [f"{key}: {flat_before.get(key)!r} -> {flat_now[key]!r}"
-            for key in sorted(flat_now) if flat_before.get(key) != flat_now[key]]
+            for key in sorted(flat_now) if key in flat_before and flat_before[key] != flat_now[key]]
 
 
 def flatten(options: dict) -> dict:

@@ -148,7 +148,7 @@ def model_channels(names: list[str], kind: str) -> list[str]:
     ``CH:band`` for band power)."""
     if kind == "mean":
         return list(names)
-    return list(dict.fromkeys(name.rsplit(":", 1)[0] for name in names))
+    return list(dict.fromkeys(name.split(":", 1)[0] for name in names))
 
 
 def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray, dict]:
@@ -183,8 +183,18 @@ def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray,
     starts = [first + round(i * TR * MEG_SFREQ) for i in range(int(duration // TR) + 1)
               if i * TR + length / MEG_SFREQ <= duration + 1e-9]
     starts = [s for s in starts if s + length <= samples]
-    features = meg_features(meg.data[rows], MEG_SFREQ, starts, length, kind)
-    column = {name: i for i, name in enumerate(feature_names(PairingConfig(features=kind), needed))}
+    if pairing.get("fir_lags"):  # its bins end at each volume: the recording must hold them
+        second, shift = round(MEG_SFREQ), round(pairing["lag"] * MEG_SFREQ)
+        starts = [s for s in starts if s + shift <= samples]
+        early = starts[0] + shift - pairing["fir_lags"] * second if starts else 0
+        if early < 0:
+            raise InputError(f"{config.meg}: the model reads the {pairing['fir_lags']} s of MEG before each "
+                             f"volume, and the first volume's bins start {-early / MEG_SFREQ:.2f} s "
+                             "before the recording; pass a later --start")
+    scale, fir_lags = pairing.get("power", "log"), pairing.get("fir_lags", 0)
+    features = meg_features(meg.data[rows], MEG_SFREQ, starts, length, kind, scale, fir_lags, pairing["lag"])
+    names_of = PairingConfig(features=kind, power=scale, fir_lags=fir_lags)
+    column = {name: i for i, name in enumerate(feature_names(names_of, needed))}
     timing = {"story_onset_s": onset, "story_duration_s": duration, "found_by": how,
               "epochs": len(starts), "epoch_s": pairing["epoch"], "lag_s": pairing["lag"]}
     return features[:, [column[name] for name in used]], timing

@@ -353,7 +353,8 @@ def train(config: TrainConfig, progress: bool = True) -> str:
                                "features": index.features["kind"], "feature_names": index.features["names"],
                                "feature_index": keep.tolist(), "smooth": config.smooth,
                                "pairing": {k: index.config["pairing"][k] for k in
-                                           ("pairing", "features", "stride", "lag", "epoch", "size", "target")
+                                           ("pairing", "features", "stride", "lag", "epoch", "size", "target",
+                                            "power", "fir_lags")
                                            if k in index.config.get("pairing", {})},
                                "mean_target": means.image.cpu(), "placement": placement},
                      "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset,

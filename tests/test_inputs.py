@@ -13,6 +13,7 @@ import mne
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import from_cache
 
 from meg2fmri.ingest import cli as ingest_cli
 from meg2fmri.model import evaluate_cli, generate_cli, train_cli
@@ -277,7 +278,7 @@ def test_generate_reads_na_events_and_writes_a_bids_derivatives_tree(volume_runs
 def test_generate_needs_only_the_channels_a_meg_only_bandpower_model_reads(ingested: Path, tiny_root: Path,
                                                                           tmp_path: Path, capsys):
     """An Elekta/TRIUX-like file: the 306 MEG channels and STI101, without BIO001, IAS* and SYS201."""
-    from tests.conftest import from_cache
+
 
     shards = from_cache(ingested, tmp_path / "bandpower", "--features", "bandpower", "--stride", "1.5")
     run = tmp_path / "runs" / "cgan"
