@@ -86,8 +86,10 @@ def read_events(path: Path):
     import pandas as pd
 
     datatype = path.absolute().parent.name
-    bold_beside = any(path.with_name(path.name.replace("_events.tsv", suffix)).exists()
-                      for suffix in ("_bold.nii.gz", "_bold.nii", "_bold.json"))
+    # (a file not named *_events.tsv has no BOLD namesake: the name itself must not count as one)
+    bold_beside = path.name.endswith("_events.tsv") and any(
+        path.with_name(path.name.removesuffix("_events.tsv") + suffix).exists()
+        for suffix in ("_bold.nii.gz", "_bold.nii", "_bold.json"))
     if datatype in NOT_MEG_DATATYPES or bold_beside:
         meg_file = path.absolute().parent.parent / "meg" / path.name
         session = datatype if datatype in NOT_MEG_DATATYPES else "fMRI"

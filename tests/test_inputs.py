@@ -273,6 +273,15 @@ def test_generate_reads_na_events_and_writes_a_bids_derivatives_tree(volume_runs
     description = json.loads((root / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "meg2fmri" and description["GeneratedBy"][0]["Version"]
+    # an events file under another name, in a plain folder, is the user's own MEG onsets: accepted
+    plain = tmp_path / "onsets" / "story3.tsv"
+    plain.parent.mkdir()
+    shutil.copy(events, plain)
+    single = tmp_path / "single_bold.nii.gz"
+    assert generate_cli.main(["--model", str(volume_runs / "cgan"), "--quiet", "--events", str(plain),
+                              "--meg", str(tiny_root / MEG.format(s="04", r=3, suffix="meg.fif")),
+                              "--out", str(single)]) == 0
+    np.testing.assert_array_equal(nib.load(single).get_fdata(), nib.load(image).get_fdata())
 
 
 def test_generate_needs_only_the_channels_a_meg_only_bandpower_model_reads(ingested: Path, tiny_root: Path,
