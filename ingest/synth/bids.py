@@ -107,7 +107,10 @@ sources + correlated brain background + sensor noise + {c.line_freq:g} Hz mains;
 physiological noise) + thermal noise, with drive = {c.power_weight:g} x band power +
 {1 - c.power_weight:g} x slow field, an HRF peaking {c.hrf_peak[0]:g}-{c.hrf_peak[1]:g} s per subject,
 {c.bold_percent:g}% signal change at a map's peak, temporal SNR {c.tsnr:g} ({c.physio_share:.0%} of
-the noise variance physiological).
+the noise variance physiological: {c.physio}); response maps: {c.maps}. {c.auditory_sources} of the
+shared sources follow the story's sound (stimuli/audio) directly; the MEG sees their phase-locked
+envelope following (weight {c.evoked_weight:g}) and an alpha rhythm (weight {c.alpha_weight:g}) that
+falls with each source's activity (exponent {c.alpha_suppression:g}).
 
 #### Usage Notes (as in the real dataset)
 

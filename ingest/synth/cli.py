@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -11,7 +12,18 @@ from pathlib import Path
 from meg2fmri.shards.errors import Meg2fmriError
 from meg2fmri.shards.split import run_list
 
-from .config import N_STORIES, PRESETS, SUBJECT_IDS, Coupling, SynthConfig, estimated_bytes
+from .config import (
+    MAP_KINDS,
+    N_STORIES,
+    PHYSIO_KINDS,
+    PRESETS,
+    SUBJECT_IDS,
+    WORLDS,
+    Coupling,
+    SynthConfig,
+    estimated_bytes,
+    world_coupling,
+)
 
 
 def parse_subjects(text: str) -> tuple[str, ...]:
@@ -91,45 +103,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs written in parallel processes")
     p.add_argument("--dry-run", action="store_true", help="print the plan and disk size; write nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    model = p.add_argument_group("generative model (see README: 'The synthetic dataset')")
-    model.add_argument("--snr", type=float, default=defaults.snr,
-                       help="MEG: stimulus-driven RMS / noise RMS on the best channel of each sensor type")
-    model.add_argument("--n-sources", type=int, default=defaults.n_sources,
-                       help="latent stimulus-driven sources per story")
-    model.add_argument("--power-weight", type=float, default=defaults.power_weight,
-                       help="share of the BOLD drive carried by the sources' 4-30 Hz band power (the "
-                       "rest by their signed slow field)")
-    model.add_argument("--bold-percent", type=float, default=defaults.bold_percent,
-                       help="BOLD signal change (%% of baseline) of a sustained unit drive at a map's peak")
-    model.add_argument("--tsnr", type=float, default=defaults.tsnr,
-                       help="fMRI temporal SNR of the raw series: mean brain intensity / noise std (thermal "
-                       "+ physiological; raw 2-mm multiband EPI at 3T: about 20-40)")
-    model.add_argument("--physio-share", type=float, default=defaults.physio_share,
-                       help="share of the BOLD noise variance that is physiological: proportional to the "
-                       "signal, spatially smooth (FWHM ~9 mm), temporally correlated (AR(1), 5 s); the rest "
-                       "is white thermal noise")
-    model.add_argument("--hidden-sources", type=int, default=defaults.hidden_sources,
-                       help="latent sources that drive BOLD but reach no MEG sensor (deep or radial)")
-    model.add_argument("--meg-only-sources", type=int, default=defaults.meg_only_sources,
-                       help="latent sources that the MEG sees and that drive no BOLD")
-    model.add_argument("--hrf-peak", type=parse_range, default=defaults.hrf_peak, metavar="LOW,HIGH",
-                       help="range (s) of the per-subject HRF peak latency (SPM's canonical: 5,5)")
-    model.add_argument("--subject-variability", type=float, default=defaults.subject_variability,
-                       help="per-subject perturbation of sensor mixing and spatial maps, relative to the "
-                       "group pattern (0 = identical subjects)")
-    model.add_argument("--background-share", type=float, default=defaults.background_share,
-                       help="share of MEG noise variance from spatially correlated brain background")
-    model.add_argument("--line-freq", type=float, default=defaults.line_freq, help="mains frequency, Hz")
+    model = p.add_argument_group(
+        "generative model (README: 'The synthetic dataset'); each option's default is the --world's")
+    model.add_argument("--world", choices=sorted(WORLDS), default="calibrated",
+                       help="calibrated: the defaults, held to published ranges (synth --calibrate); "
+                       "2026-12: the defaults before calibration (4-30 Hz power coupling, blob maps, local "
+                       "AR(1) physiological noise, no sound-following sources); easy: the first world "
+                       "(2026-12 without hidden or MEG-only sources, tSNR 70 thermal noise, one HRF)")
+
+    def knob(flag: str, field: str, kind=float, text: str = "", **kw) -> None:
+        shown = getattr(defaults, field)
+        shown = ",".join(f"{v:g}" for v in shown) if isinstance(shown, tuple) else shown
+        model.add_argument(flag, type=kind, default=None, dest=field,
+                           help=f"{text} (calibrated world: {shown})", **kw)
+
+    knob("--snr", "snr", text="MEG: stimulus-driven RMS / noise RMS on the best channel of each sensor type")
+    knob("--n-sources", "n_sources", int, "latent stimulus-driven sources per story, seen by MEG and BOLD")
+    knob("--power-weight", "power_weight", text="share of the BOLD drive carried by the sources' band power "
+         "(the rest by their signed slow field)")
+    knob("--carrier-band", "carrier_band", parse_range, "band (Hz) of the stimulus-driven power the MEG "
+         "sees (BOLD follows it)", metavar="LOW,HIGH")
+    knob("--bold-percent", "bold_percent", text="BOLD signal change (%% of baseline) of a sustained unit "
+         "drive at a map's peak")
+    knob("--tsnr", "tsnr", text="fMRI temporal SNR of the raw series: mean brain intensity / noise std "
+         "(thermal + physiological; raw 2-mm multiband EPI at 3T: about 20-40)")
+    knob("--physio-share", "physio_share", text="share of the BOLD noise variance that is physiological "
+         "(proportional to the signal); the rest is white thermal noise")
+    knob("--physio", "physio", str, "cardiorespiratory: cardiac and respiratory noise at their aliased "
+         "frequencies, a global slow part and a local part; local: 16 smooth AR(1) patterns (5 s)",
+         choices=PHYSIO_KINDS)
+    knob("--maps", "maps", str, "networks: graded maps along auditory cortex, STG/STS, the language and "
+         "default-mode networks; blobs: one bilateral grey-matter blob per source", choices=MAP_KINDS)
+    knob("--auditory-sources", "auditory_sources", int, "shared sources that follow the story's sound "
+         "directly (auditory cortex); 0: the sound follows the mean of every source's envelope")
+    knob("--syllable-depth", "syllable_depth", text="log-std of the sound's syllable-rate (1-8 Hz) "
+         "loudness fluctuations")
+    knob("--evoked-weight", "evoked_weight", text="MEG: std of the auditory sources' phase-locked "
+         "envelope-following response (0.5-8 Hz, 100 ms), relative to a source's slow field")
+    knob("--alpha-weight", "alpha_weight", text="MEG: std of each source's alpha rhythm (8-12 Hz), "
+         "relative to its slow field")
+    knob("--alpha-suppression", "alpha_suppression", text="alpha amplitude ~ envelope ** -this "
+         "(alpha falls with activity)")
+    knob("--hidden-sources", "hidden_sources", int, "latent sources that drive BOLD but reach no MEG "
+         "sensor (deep or radial)")
+    knob("--meg-only-sources", "meg_only_sources", int, "latent sources that the MEG sees and that drive "
+         "no BOLD")
+    knob("--hrf-peak", "hrf_peak", parse_range, "range (s) of the per-subject HRF peak latency (SPM's "
+         "canonical: 5,5)", metavar="LOW,HIGH")
+    knob("--subject-variability", "subject_variability", text="per-subject perturbation of sensor mixing "
+         "and spatial maps, relative to the group pattern (0 = identical subjects)")
+    knob("--background-share", "background_share", text="share of MEG noise variance from spatially "
+         "correlated brain background")
+    knob("--line-freq", "line_freq", text="mains frequency, Hz")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
-    coupling = Coupling(
-        n_sources=args.n_sources, snr=args.snr, power_weight=args.power_weight,
-        bold_percent=args.bold_percent, tsnr=args.tsnr, physio_share=args.physio_share,
-        hidden_sources=args.hidden_sources, meg_only_sources=args.meg_only_sources, hrf_peak=args.hrf_peak,
-        subject_variability=args.subject_variability, background_share=args.background_share,
-        line_freq=args.line_freq)
+    fields = [f.name for f in dataclasses.fields(Coupling)]
+    coupling = world_coupling(args.world, **{f: getattr(args, f) for f in fields if hasattr(args, f)})
     out = args.out if args.out is not None else Path(f"synth-{args.preset}")
     return SynthConfig.from_preset(
         args.preset, out, subjects=args.subjects, runs=args.runs, story_duration=args.duration,

@@ -45,6 +45,10 @@ def read_tsv(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+MAP_KINDS = ("networks", "blobs")
+PHYSIO_KINDS = ("cardiorespiratory", "local")
+
+
 @dataclass(frozen=True)
 class Coupling:
     """The generative MEG<->fMRI model's knobs (defaults are realistic, not tuned for learning).
@@ -68,14 +72,24 @@ class Coupling:
     earlier versions used 70 from thermal noise alone); physiological share 0.6 (with 32-channel and
     larger head coils physiological noise dominates even at small voxels: Triantafyllou et al. 2011,
     NeuroImage 55:597); HRF peak 4-6 s per subject (Handwerker et al. 2004, NeuroImage 21:1639:
-    peak latency varies by about 2 s between subjects; SPM's canonical HRF peaks at 5 s). The old
-    world: ``--hidden-sources 0 --meg-only-sources 0 --physio-share 0 --hrf-peak 5,5 --tsnr 70``.
+    peak latency varies by about 2 s between subjects; SPM's canonical HRF peaks at 5 s).
+
+    The calibrated world (the defaults; ``WORLDS`` names the earlier ones, README "Calibration"):
+    the story has a sound whose loudness ``auditory_sources`` follow directly (auditory cortex), the
+    MEG sees their phase-locked 0.5-8 Hz envelope following (``evoked_weight``), stimulus-driven
+    power sits in the gamma band (``carrier_band`` 30-45 Hz: BOLD follows gamma-band power, Niessing
+    et al. 2005, Science 309:948) and an alpha rhythm falls with activity (``alpha_weight``,
+    ``alpha_suppression``: Goldman et al. 2002, NeuroReport 13:2487; Scheeringa et al. 2011,
+    NeuroImage 54:1023); response maps are graded networks (``maps="networks"``: auditory cortex,
+    STG/STS and the left-lateralised language network, the default-mode network); physiological noise
+    is cardiac and respiratory at their aliased frequencies, a global slow part and a smaller local
+    part (``physio="cardiorespiratory"``).
     """
 
     n_sources: int = 6
     hidden_sources: int = 2  # drive BOLD, invisible to the MEG sensors
     meg_only_sources: int = 2  # seen by the MEG, drive no BOLD
-    carrier_band: tuple[float, float] = (4.0, 30.0)  # Hz
+    carrier_band: tuple[float, float] = (30.0, 45.0)  # Hz, the stimulus-driven power (was 4-30)
     envelope_timescale: float = 2.0  # s
     envelope_log_std: float = 0.4  # std of log(envelope)
     slow_timescale: float = 1.0  # s
@@ -91,6 +105,13 @@ class Coupling:
     hrf_peak: tuple[float, float] = (4.0, 6.0)  # s, range of the per-subject HRF peak latency
     drift_percent: float = 0.5  # % of baseline per 5 min of scan, slow scanner drift (std over voxels)
     subject_variability: float = 0.3  # per-subject perturbation of mixing and maps (relative)
+    auditory_sources: int = 2  # shared sources that follow the story's sound (auditory cortex)
+    syllable_depth: float = 0.5  # log-std of the sound's syllable-rate (1-8 Hz) loudness fluctuation
+    evoked_weight: float = 0.2  # MEG: std of the envelope-following response (unit: a slow field's)
+    alpha_weight: float = 1.0  # MEG: std of each source's alpha rhythm (same unit)
+    alpha_suppression: float = 0.7  # alpha amplitude ~ envelope ** -alpha_suppression
+    maps: str = "networks"  # "networks" (graded, calibrated) | "blobs" (one bilateral blob per source)
+    physio: str = "cardiorespiratory"  # | "local" (16 smooth AR(1) patterns, the earlier worlds)
 
     def __post_init__(self) -> None:
         checks = {
@@ -106,6 +127,13 @@ class Coupling:
             "tsnr": self.tsnr > 0,
             "subject_variability": self.subject_variability >= 0,
             "carrier_band": 0 < self.carrier_band[0] < self.carrier_band[1] < MEG_SFREQ / 2,
+            "auditory_sources": 0 <= self.auditory_sources <= self.n_sources,
+            "syllable_depth": self.syllable_depth >= 0,
+            "evoked_weight": self.evoked_weight >= 0,
+            "alpha_weight": self.alpha_weight >= 0,
+            "alpha_suppression": self.alpha_suppression >= 0,
+            "maps": self.maps in MAP_KINDS,
+            "physio": self.physio in PHYSIO_KINDS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if not bad and self.n_sources + self.hidden_sources + self.meg_only_sources > 64:
@@ -127,6 +155,28 @@ class Coupling:
     def meg_rows(self) -> list[int]:
         """Latent sources the MEG sees (shared + MEG-only)."""
         return list(range(self.n_sources)) + list(range(self.n_bold, self.n_latent))
+
+
+# The earlier worlds, reachable by name (``synth --world NAME``; any option given beside it wins).
+# "2026-12": the defaults before calibration (issue #18's "simulator now" column); "easy": the first
+# world (no hidden or MEG-only sources, thermal noise only at tSNR 70, one canonical HRF).
+PRE_CALIBRATION = {"carrier_band": (4.0, 30.0), "auditory_sources": 0, "syllable_depth": 0.0,
+                   "evoked_weight": 0.0, "alpha_weight": 0.0, "alpha_suppression": 0.0, "maps": "blobs",
+                   "physio": "local"}
+WORLDS: dict[str, dict[str, object]] = {
+    "calibrated": {},
+    "2026-12": PRE_CALIBRATION,
+    "easy": {**PRE_CALIBRATION, "hidden_sources": 0, "meg_only_sources": 0, "physio_share": 0.0,
+             "hrf_peak": (5.0, 5.0), "tsnr": 70.0},
+}
+
+
+def world_coupling(world: str, **overrides: object) -> Coupling:
+    """The coupling of a named world, with any field overridden (``None`` values are ignored)."""
+    if world not in WORLDS:
+        raise InputError(f"unknown --world {world!r}: choose one of {sorted(WORLDS)}")
+    fields = {**WORLDS[world], **{k: v for k, v in overrides.items() if v is not None}}
+    return Coupling(**fields)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,66 @@ def group_blobs(rng: np.random.Generator, n_sources: int) -> np.ndarray:
     return centres
 
 
+# Graded response maps of story listening (``Coupling.maps == "networks"``): nodes in MNI mm, with the
+# gain of each hemisphere. Early auditory cortex (Heschl's gyrus, planum temporale) and the superior
+# temporal gyrus/sulcus respond most reliably; the left-lateralised language network (IFG, anterior and
+# posterior MTG/STS, angular gyrus) and the default-mode network (PCC/precuneus, mPFC, angular gyrus)
+# less so, along the hierarchy of Lerner et al. 2011 (J Neurosci 31:2906) and the ISC maps of Simony et
+# al. 2016 (Nat Commun 7:12141) and Nastase et al. 2021 (Sci Data 8:250).
+NETWORKS: dict[str, tuple[float, tuple[tuple[tuple[float, float, float], float], ...]]] = {
+    # name: (network gain, ((x, y, z) of the left-hemisphere node, right/left gain), ...)
+    "auditory": (0.8, (((-46.0, -22.0, 8.0), 0.9), ((-60.0, -24.0, 4.0), 0.85),
+                       ((-58.0, -40.0, 12.0), 0.8))),
+    "language": (0.6, (((-50.0, 22.0, 10.0), 0.4), ((-56.0, -6.0, -14.0), 0.6),
+                       ((-54.0, -42.0, 2.0), 0.6), ((-46.0, -62.0, 28.0), 0.5))),
+    "default": (0.45, (((-6.0, -56.0, 30.0), 1.0), ((-6.0, 50.0, 4.0), 1.0), ((-46.0, -66.0, 34.0), 0.8))),
+}
+NETWORK_SIGMA_MM = 12.0  # width of a node's Gaussian (FWHM 28 mm: a gyrus and its neighbours)
+
+
+def source_networks(coupling: Coupling) -> list[str]:
+    """The network of each BOLD source (shared then hidden): the auditory sources first, then the
+    language and default-mode networks in turn."""
+    rest = ("language", "default")
+    shared = ["auditory" if k < coupling.auditory_sources else rest[(k - coupling.auditory_sources) % 2]
+              for k in range(coupling.n_sources)]
+    return shared + [rest[k % 2] for k in range(coupling.hidden_sources)]
+
+
+def group_network_nodes(rng: np.random.Generator, coupling: Coupling) -> list[list[tuple[np.ndarray, float]]]:
+    """Per BOLD source, its nodes as (MNI mm, gain): every node of its network, both hemispheres, with a
+    random gain in [0.4, 1] per node (two sources of one network weigh its nodes differently)."""
+    out = []
+    for network in source_networks(coupling):
+        scale, nodes = NETWORKS[network]
+        mine = []
+        for centre, right in nodes:
+            gain = scale * rng.uniform(0.4, 1.0)
+            mine.append((np.array(centre), gain))
+            if centre[0] != 0:
+                mine.append((np.array(centre) * [-1, 1, 1], gain * right))
+        out.append(mine)
+    return out
+
+
+def subject_network_maps(rng: np.random.Generator, nodes: list[list[tuple[np.ndarray, float]]],
+                         anatomy: Anatomy, coupling: Coupling) -> np.ndarray:
+    """Per-subject graded maps ``(n_bold, *shape)`` float32: each node a Gaussian of
+    ``NETWORK_SIGMA_MM`` in MNI mm, shifted and scaled per subject by ``subject_variability``, on grey
+    matter."""
+    v = coupling.subject_variability
+    half = (np.array(MNI_BOX_MM)[:, 1] - np.array(MNI_BOX_MM)[:, 0]) / 2
+    mm = anatomy.coords * half + np.array(MNI_BOX_MM).mean(axis=1)  # the template point each voxel sees
+    maps = np.zeros((len(nodes), *anatomy.baseline.shape), dtype=np.float32)
+    for k, mine in enumerate(nodes):
+        for centre, gain in mine:
+            c = centre + rng.normal(0, v * NETWORK_SIGMA_MM / 2, 3)
+            amp = gain * np.clip(1 + v * rng.standard_normal(), 0.3, 2.0)
+            d2 = ((mm - c) ** 2).sum(axis=-1)
+            maps[k] += (amp * np.exp(-0.5 * d2 / NETWORK_SIGMA_MM**2)).astype(np.float32)
+    return maps * anatomy.grey
+
+
 def subject_maps(rng: np.random.Generator, blobs: np.ndarray, anatomy: Anatomy,
                  coupling: Coupling) -> np.ndarray:
     """Per-subject spatial maps ``(n_sources, *shape)`` float32 (peak about 1 in grey matter)."""
@@ -173,6 +233,67 @@ def subject_maps(rng: np.random.Generator, blobs: np.ndarray, anatomy: Anatomy,
             d2 = ((anatomy.coords - c) ** 2).sum(axis=-1)
             maps[k] += (amp * np.exp(-0.5 * d2 / BLOB_SIGMA**2)).astype(np.float32)
     return maps * anatomy.grey
+
+
+# Physiological noise of the calibrated world (``Coupling.physio == "cardiorespiratory"``), as shares of
+# its variance. Cardiac pulsation (0.9-1.3 Hz) and respiration (0.2-0.33 Hz) are sampled at each
+# slice's own acquisition time, so the heart beat aliases as it does at TR 0.71 s (Nyquist 0.70 Hz: 1.1
+# Hz appears at 0.31 Hz) and neither sits below 0.1 Hz (Glover et al. 2000, MRM 44:162; Birn et al.
+# 2006, NeuroImage 31:1536). The slow part is largely global (respiration volume and CO2: Birn et al.
+# 2006; Power et al. 2017, NeuroImage 146:609), grey matter 1.0 and white matter 0.6; the local part is
+# the earlier worlds' 16 smooth AR(1) patterns.
+PHYSIO_PARTS = {"global": 0.35, "cardiac": 0.25, "respiratory": 0.25, "local": 0.15}
+CARDIAC_HZ, RESPIRATORY_HZ = (0.9, 1.3), (0.2, 0.33)
+GLOBAL_TIMESCALE = 4.0  # s: the global part's Gaussian spectrum (below ~0.1 Hz)
+
+
+def quasi_periodic(rng: np.random.Generator, rate: tuple[float, float], times: np.ndarray,
+                   n_patterns: int) -> np.ndarray:
+    """``(n_patterns, *times.shape)`` courses ``cos(phase(t) + delay_k) + 0.4 cos(2 (phase + delay_k))``
+    of a rhythm whose rate, drawn from ``rate`` (Hz), wanders by 5% over tens of seconds, sampled at
+    ``times`` (s); unit variance each."""
+    f0 = rng.uniform(*rate)
+    grid = np.arange(0.0, times.max() + 1.0, 0.05)
+    wander = np.cumsum(rng.standard_normal(len(grid))) * 0.05
+    wander = (wander - wander.mean()) / max(wander.std(), 1e-12)
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * wander)) * 0.05 + rng.uniform(0, 2 * np.pi)
+    at = np.interp(times, grid, phase)
+    delays = rng.uniform(0, 2 * np.pi, n_patterns)
+    out = np.stack([np.cos(at + d) + 0.4 * np.cos(2 * (at + d)) for d in delays])
+    return out / np.sqrt(0.5 + 0.5 * 0.4**2)
+
+
+def smooth_patterns(rng: np.random.Generator, brain: np.ndarray, n: int, sigma: float) -> np.ndarray:
+    """``n`` random spatial patterns smoothed by ``sigma`` voxels, jointly of unit mean square in brain."""
+    patterns = ndimage.gaussian_filter(rng.standard_normal((n, *brain.shape), dtype=np.float32),
+                                       (0, *[sigma] * 3))
+    return patterns / np.sqrt((patterns ** 2).sum(axis=0)[brain].mean())
+
+
+def cardiorespiratory_field(rng: np.random.Generator, anatomy: Anatomy, times: np.ndarray
+                            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The calibrated world's physiological noise as (patterns ``(K, *shape)``, courses ``(K, n_slices,
+    n_vols)``) pairs whose sum has variance about 1 per brain voxel, ``times`` ``(n_slices, n_vols)``
+    being each slice's acquisition time."""
+    brain = anatomy.brain
+    parts = []
+    cardiac = smooth_patterns(rng, brain, 3, 1.5)
+    parts.append((cardiac * np.float32(np.sqrt(PHYSIO_PARTS["cardiac"])),
+                  quasi_periodic(rng, CARDIAC_HZ, times, 3)))
+    breath = smooth_patterns(rng, brain, 2, 4.0)
+    parts.append((breath * np.float32(np.sqrt(PHYSIO_PARTS["respiratory"])),
+                  quasi_periodic(rng, RESPIRATORY_HZ, times, 2)))
+    weight = np.where(brain, 0.6 + 0.4 * anatomy.grey / max(float(anatomy.grey.max()), 1e-6), 0.0)
+    weight = (weight / np.sqrt((weight[brain] ** 2).mean())).astype(np.float32)
+    from .sources import smooth_noise
+
+    slow = smooth_noise(rng, 1, times.shape[1], GLOBAL_TIMESCALE, 1 / TR)  # one value a volume
+    parts.append((weight[None] * np.float32(np.sqrt(PHYSIO_PARTS["global"])),
+                  np.broadcast_to(slow[:, None, :], (1, *times.shape))))
+    patterns, courses = physio_field(rng, brain, times.shape[1])
+    parts.append((patterns * np.float32(np.sqrt(PHYSIO_PARTS["local"])),
+                  np.broadcast_to(courses[:, None, :], (len(courses), *times.shape))))
+    return [(p.astype(np.float32), np.ascontiguousarray(c, dtype=np.float32)) for p, c in parts]
 
 
 def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np.ndarray,
@@ -194,8 +315,12 @@ def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np
     sigma = noise * np.sqrt(1 - coupling.physio_share)  # thermal, additive
     physio = None
     if coupling.physio_share > 0:  # physiological, a fraction of the signal (Krueger & Glover)
-        patterns, courses = physio_field(physio_rng, anatomy.brain, plan.n_vols)
-        physio = (patterns * np.float32(np.sqrt(coupling.physio_share) / coupling.tsnr), courses)
+        level = np.float32(np.sqrt(coupling.physio_share) / coupling.tsnr)
+        if coupling.physio == "cardiorespiratory":
+            physio = [(p * level, c) for p, c in cardiorespiratory_field(physio_rng, anatomy, times)]
+        else:
+            patterns, courses = physio_field(physio_rng, anatomy.brain, plan.n_vols)
+            physio = (patterns * level, courses)
     scale = coupling.bold_percent / 100
     out = np.empty((*shape, plan.n_vols), dtype=np.int16)
     for j0 in range(0, plan.n_vols, chunk):
@@ -203,7 +328,10 @@ def synthesize_bold(plan: RunPlan, drive: np.ndarray, anatomy: Anatomy, maps: np
         frac = np.einsum("d...,dt->...t", drift_amp, trend[:, j0:j1])
         for k in range(maps.shape[0]):
             frac += scale * maps[k][..., None] * response[k, None, None, :, j0:j1]
-        if physio is not None:
+        if isinstance(physio, list):  # courses per slice: each slice at its own acquisition time
+            for patterns, courses in physio:
+                frac += np.einsum("kxyz,kzt->xyzt", patterns, courses[:, :, j0:j1])
+        elif physio is not None:
             frac += np.einsum("k...,kt->...t", physio[0], physio[1][:, j0:j1])
         volume = anatomy.baseline[..., None] * (1 + frac)
         volume += sigma * rng.standard_normal(volume.shape, dtype=np.float32)

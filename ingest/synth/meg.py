@@ -99,11 +99,29 @@ def subject_mixing(group: np.ndarray, rng: np.random.Generator, sensors: SensorA
     type is ``snr`` times that type's noise RMS.
     """
     mixing = group + coupling.subject_variability * dipolar_fields(rng, sensors, group.shape[1])
-    source_var = np.exp(coupling.envelope_log_std**2) + 1.0  # E[env^2] * var(carrier) + var(slow)
+    source_var = source_variances(coupling)
     for rows, noise_rms in ((sensors.is_grad, GRAD_NOISE_RMS), (~sensors.is_grad, MAG_NOISE_RMS)):
-        channel_rms = np.sqrt((mixing[rows] ** 2).sum(axis=1) * source_var)
+        if np.all(source_var == source_var[0]):  # (the earlier worlds' arithmetic, bit for bit)
+            channel_rms = np.sqrt((mixing[rows] ** 2).sum(axis=1) * source_var[0])
+        else:
+            channel_rms = np.sqrt((mixing[rows] ** 2 * source_var).sum(axis=1))
         mixing[rows] *= coupling.snr * noise_rms / channel_rms.max()
     return mixing
+
+
+def source_variances(coupling: Coupling) -> np.ndarray:
+    """Expected variance of each MEG-visible source's signal (``Coupling.meg_rows`` order):
+    E[env^2] var(carrier) + var(slow), plus the evoked response and the alpha rhythm where present."""
+    from .sources import AUDITORY_FOLLOW
+
+    rows = coupling.meg_rows()
+    var = np.full(len(rows), np.exp(coupling.envelope_log_std**2) + 1.0)
+    var += coupling.alpha_weight**2
+    for j in range(coupling.auditory_sources):
+        follow = 1.0 if j == 0 else AUDITORY_FOLLOW
+        syllables = np.exp((follow * coupling.syllable_depth) ** 2) - 1
+        var[j] += syllables + (coupling.evoked_weight * follow) ** 2
+    return var
 
 
 def coloured_noise(rng: np.random.Generator, n_series: int, n_times: int, knee: float,

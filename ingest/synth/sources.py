@@ -53,31 +53,119 @@ class StorySources:
     """Latent sources of one story at ``MEG_SFREQ``; each array is ``(n_sources, n_times)``.
 
     ``envelope`` is positive with mean 1 (amplitude of the carrier), ``carrier`` is unit-variance
-    band-limited noise, ``slow`` is the signed slow field with unit variance.
+    band-limited noise, ``slow`` is the signed slow field with unit variance. ``evoked`` (the
+    phase-locked response to the sound's envelope, auditory sources only) and ``alpha`` (an alpha
+    rhythm whose amplitude falls as the source's envelope rises) reach the MEG only; both are zero in
+    the worlds before calibration. ``acoustic`` ``(n_times,)`` is the loudness of the story's sound
+    (mean 1), from which ``stimuli/audio/story_N.wav`` is written; ``None`` where the audio follows
+    the mean of the sources' envelopes (the earlier worlds).
     """
 
     envelope: np.ndarray
     carrier: np.ndarray
     slow: np.ndarray
+    evoked: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    acoustic: np.ndarray | None = None
 
     @property
     def neural(self) -> np.ndarray:
-        """The signed source signal seen by MEG sensors: ``envelope * carrier + slow``."""
-        return self.envelope * self.carrier + self.slow
+        """The signed source signal seen by MEG sensors: ``envelope * carrier + slow (+ evoked +
+        alpha)``."""
+        out = self.envelope * self.carrier + self.slow
+        for extra in (self.evoked, self.alpha):
+            if extra is not None:
+                out += extra
+        return out
+
+    def loudness(self) -> np.ndarray:
+        """What the audio file's loudness follows, ``(n_times,)``."""
+        return self.envelope.mean(axis=0) if self.acoustic is None else self.acoustic
 
 
 def story_sources(seed: int, story: int, duration: float, coupling: Coupling) -> StorySources:
     """Latent sources for ``duration`` seconds of story ``story`` (deterministic from the seed):
     the ``n_sources`` shared ones, then the hidden and the MEG-only ones (``Coupling.n_latent`` in
-    all; those from their own random stream, so the shared sources do not change with their number)."""
+    all; those from their own random stream, so the shared sources do not change with their number).
+
+    With ``auditory_sources`` > 0 (the calibrated world) the story also has a sound: its loudness is
+    speech-like (the slow log-normal modulation of every source plus syllable-rate, 1-8 Hz,
+    fluctuations of log-std ``syllable_depth``), and the first ``auditory_sources`` shared sources
+    follow it directly (the first exactly, the others partly), as early auditory cortex follows the
+    acoustic envelope; the MEG sees their envelope-following response (``evoked_weight``) and every
+    MEG-visible source carries an alpha rhythm that falls with its activity (``alpha_weight``,
+    ``alpha_suppression``). Those parts come from their own random stream too, so the worlds before
+    them are reproduced exactly by their options."""
     shared = latent_sources(story_rng(seed, story), duration, coupling.n_sources, coupling)
     extra = coupling.n_latent - coupling.n_sources
-    if not extra:
+    if extra:
+        more = latent_sources(np.random.default_rng([seed, 5, story]), duration, extra, coupling)
+        shared = StorySources(*(np.concatenate([a, b]) for a, b in
+                                ((shared.envelope, more.envelope), (shared.carrier, more.carrier),
+                                 (shared.slow, more.slow))))
+    if coupling.auditory_sources == 0 and coupling.alpha_weight == 0:
         return shared
-    more = latent_sources(np.random.default_rng([seed, 5, story]), duration, extra, coupling)
-    return StorySources(*(np.concatenate([a, b]) for a, b in
-                          ((shared.envelope, more.envelope), (shared.carrier, more.carrier),
-                           (shared.slow, more.slow))))
+    return calibrated_parts(np.random.default_rng([seed, 8, story]), shared, coupling)
+
+
+EVOKED_BAND = (0.5, 8.0)  # Hz: the envelope-following (phase-locked) response, Ding & Simon 2012
+EVOKED_LATENCY = 0.1  # s: the M100-like latency of that response (Ding & Simon 2012: ~100 ms)
+SYLLABLE_BAND = (1.0, 8.0)  # Hz: the speech envelope's modulation spectrum peaks at 4-5 Hz (Ding et al. 2017)
+ALPHA_BAND = (8.0, 12.0)  # Hz
+AUDITORY_FOLLOW = 0.8  # how much of log envelope the second and later auditory sources share with the sound
+
+
+def calibrated_parts(rng: np.random.Generator, base: StorySources, coupling: Coupling) -> StorySources:
+    """The sound, the auditory sources that follow it, the evoked response and the alpha rhythm."""
+    k, n_times = base.envelope.shape
+    envelope = base.envelope.astype(np.float64)
+    acoustic = None
+    evoked = np.zeros((k, n_times), dtype=np.float32)
+    if coupling.auditory_sources:
+        slow_log = np.log(envelope[0])  # the sound's slow loudness: phrases and sentences
+        syllables = band_noise(rng, 1, n_times, SYLLABLE_BAND, MEG_SFREQ)[0]
+        acoustic = np.exp(slow_log + coupling.syllable_depth * syllables)
+        acoustic /= acoustic.mean()
+        log_sound = np.log(acoustic)
+        for j in range(coupling.auditory_sources):
+            w = 1.0 if j == 0 else AUDITORY_FOLLOW
+            own = np.log(envelope[j]) if j else 0.0
+            mixed = np.exp(w * log_sound + np.sqrt(1 - w**2) * own)
+            envelope[j] = mixed / mixed.mean()
+        # the envelope-following response: the sound's 0.5-8 Hz envelope, ~100 ms later, unit std
+        follow = band_noise_filter(acoustic, EVOKED_BAND, MEG_SFREQ)
+        lag = int(round(EVOKED_LATENCY * MEG_SFREQ))
+        follow = np.concatenate([np.zeros(lag), follow[: n_times - lag]])
+        follow /= max(follow.std(), 1e-12)
+        for j in range(coupling.auditory_sources):
+            evoked[j] = coupling.evoked_weight * follow * (1.0 if j == 0 else AUDITORY_FOLLOW)
+    alpha = np.zeros((k, n_times), dtype=np.float32)
+    if coupling.alpha_weight:
+        rhythm = band_noise(rng, k, n_times, ALPHA_BAND, MEG_SFREQ)
+        # amplitude falls as activity rises: envelope ** -suppression, smoothed to the phrase scale
+        amplitude = smooth_positive(envelope, 0.5, MEG_SFREQ) ** -coupling.alpha_suppression
+        amplitude /= np.sqrt((amplitude ** 2).mean(axis=1, keepdims=True))
+        alpha = (coupling.alpha_weight * amplitude * rhythm).astype(np.float32)
+    return StorySources(envelope.astype(np.float32), base.carrier, base.slow, evoked, alpha,
+                        None if acoustic is None else acoustic.astype(np.float32))
+
+
+def band_noise_filter(series: np.ndarray, band: tuple[float, float], sfreq: float) -> np.ndarray:
+    """``series`` band-passed to ``band`` (Hz) with the raised-cosine edges of ``band_noise``."""
+    freqs = fft.rfftfreq(len(series), 1.0 / sfreq)
+    low, high = band
+    edge = min(1.0, low)
+    gain = np.clip((freqs - (low - edge)) / edge, 0, 1) * np.clip(((high + edge) - freqs) / edge, 0, 1)
+    gain = np.sin(0.5 * np.pi * gain) ** 2
+    return fft.irfft(fft.rfft(series - series.mean()) * gain, n=len(series))
+
+
+def smooth_positive(series: np.ndarray, timescale: float, sfreq: float) -> np.ndarray:
+    """Each row of a positive ``series`` low-passed (Gaussian spectrum of width 1/timescale), kept > 0."""
+    freqs = fft.rfftfreq(series.shape[1], 1.0 / sfreq)
+    gain = np.exp(-0.5 * (freqs * timescale * 2 * np.pi) ** 2)
+    out = fft.irfft(fft.rfft(series, axis=1) * gain, n=series.shape[1], axis=1)
+    return np.maximum(out, 1e-3 * series.mean(axis=1, keepdims=True))
 
 
 def latent_sources(rng: np.random.Generator, duration: float, k: int, coupling: Coupling) -> StorySources:

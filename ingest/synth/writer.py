@@ -64,7 +64,11 @@ def subject_model(config: SynthConfig, subject: str) -> SubjectModel:
     mixing = meg.subject_mixing(group_mixing, rng, sensors, c)
     background = meg.dipolar_fields(rng, sensors, c.n_background)
     anatomy = fmri.subject_anatomy(rng, config.volume_shape)
-    maps = fmri.subject_maps(rng, blobs, anatomy, c)
+    if c.maps == "networks":  # the group's nodes from their own stream (the blobs' stays as it was)
+        nodes = fmri.group_network_nodes(np.random.default_rng([config.seed, 9]), c)
+        maps = fmri.subject_network_maps(rng, nodes, anatomy, c)
+    else:
+        maps = fmri.subject_maps(rng, blobs, anatomy, c)
     hrf_peak = float(np.random.default_rng([config.seed, 7, int(subject)]).uniform(*c.hrf_peak))
     return SubjectModel(mixing, background, anatomy, maps, hrf_peak)
 
@@ -124,7 +128,10 @@ def write_story_files(config: SynthConfig, story: int, duration: float, root: Pa
         np.save(folder / f"story-{story}_{name}_100Hz.npy", binned.astype(np.float32))
     drive = bold_drive(sources, config.coupling).astype(np.float32)
     np.save(folder / f"story-{story}_bold-drive_{DRIVE_SFREQ:g}Hz.npy", drive)
-    bids.write_stimuli(root, story, sources.envelope, config.seed)
+    if sources.acoustic is not None:
+        binned = sources.acoustic[:n].reshape(-1, step).mean(axis=1)
+        np.save(folder / f"story-{story}_acoustic_100Hz.npy", binned.astype(np.float32))
+    bids.write_stimuli(root, story, sources.loudness()[None], config.seed)
 
 
 def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -> None:
@@ -138,7 +145,9 @@ def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -
     })
     c = config.coupling
     sources = {"meg_and_bold": list(range(c.n_sources)), "bold_only": list(range(c.n_sources, c.n_bold)),
-               "meg_only": list(range(c.n_bold, c.n_latent))}
+               "meg_only": list(range(c.n_bold, c.n_latent)),
+               "auditory": list(range(c.auditory_sources)),
+               "bold_networks": fmri.source_networks(c) if c.maps == "networks" else None}
     hrf_peaks = {f"sub-{s}": round(subject_model(config, s).hrf_peak, 4) for s in config.subjects}
     bids.write_json(folder / CONFIG_NAME, {"config": config.to_json(),
                                            "hrf_10Hz": canonical_hrf().round(8).tolist(),
