@@ -61,10 +61,15 @@ def test_volume_evaluation_writes_maps_on_the_grid(volume_eval: Path, volume_ing
                                   [:visible] ** 2).sum(axis=0)) for s in test["subjects"]], axis=0)
     oracle_r = nib.load(volume_eval / "maps" / "test" / "oracle_r.nii.gz").get_fdata()[mask]
     assert maps["rows"]["oracle"]["truth_r"] == pytest.approx(np.corrcoef(oracle_r, amplitude[mask])[0, 1])
-    # the noise-free truth lights up where the sources are (weakly on 2 tiny runs), and passes the
-    # null in more voxels than a constant prediction
+    # the noise-free truth lights up where the sources are (weakly on 2 tiny runs: at tSNR 30 with
+    # cardiorespiratory noise no single voxel passes FDR there)
     assert maps["rows"]["oracle"]["truth_r"] > 0
-    assert maps["rows"]["oracle"]["fdr_fraction"] > maps["rows"]["mean_image"]["fdr_fraction"]
+    # and its r map is above every model's on the seen subjects (on `test`, 2 runs of one 40-s story,
+    # the mask-mean r follows the global slow physiological noise, which there happens to run against
+    # the story's response: -0.11 for the oracle)
+    seen = result["sets"]["seen_subject"]["maps"]["rows"]
+    models = {name: values["mean_r"] for name, values in seen.items() if not name.startswith("oracle")}
+    assert seen["oracle"]["mean_r"] > max(models.values()) + 0.05, models
     assert (volume_eval / "maps" / "test" / "cgan_r.png").stat().st_size > 10_000
     assert "Voxel maps" in (volume_eval / "results.md").read_text()
 
