@@ -44,8 +44,10 @@ DEMO_HELD_OUT ?= 09,10,11,12
 DEMO_EPOCHS ?= 12
 DEMO_LR_STEP ?= 4
 DEMO_SEED ?= 0
-# Extra `synth` options, e.g. the earlier, easier world (README: "Old and new synthetic world"):
-#   DEMO_SYNTH="--hidden-sources 0 --meg-only-sources 0 --physio-share 0 --hrf-peak 5,5 --tsnr 70"
+# The world is synth's default, the calibrated one (README: "Calibration against published ranges").
+# Extra `synth` options, e.g. an earlier world (README: "Earlier worlds"):
+#   DEMO_SYNTH="--world 2026-12"   (the defaults before calibration)
+#   DEMO_SYNTH="--world easy"      (2026-12 without hidden or MEG-only sources or physiological noise)
 DEMO_SYNTH ?=
 DEMO_SMOOTH ?= 1
 DEMO_INGEST = --held-out $(DEMO_HELD_OUT) --features bandpower --epoch 4 --lag 7 --stride 0.71
