@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import FMRI_AUDIO_ONSET, TR, Coupling, RunPlan
-from .sources import bold_response
+from .sources import bold_response, smooth_noise
 
 # Acquisition times (s) within the TR of the 9 shots of the real multiband-8 sequence (bold.json).
 SHOT_TIMES = (0.3075, 0.0, 0.3825, 0.0775, 0.46, 0.1525, 0.5375, 0.23, 0.6125)
@@ -285,8 +285,6 @@ def cardiorespiratory_field(rng: np.random.Generator, anatomy: Anatomy, times: n
                   quasi_periodic(rng, RESPIRATORY_HZ, times, 2)))
     weight = np.where(brain, 0.6 + 0.4 * anatomy.grey / max(float(anatomy.grey.max()), 1e-6), 0.0)
     weight = (weight / np.sqrt((weight[brain] ** 2).mean())).astype(np.float32)
-    from .sources import smooth_noise
-
     slow = smooth_noise(rng, 1, times.shape[1], GLOBAL_TIMESCALE, 1 / TR)  # one value a volume
     parts.append((weight[None] * np.float32(np.sqrt(PHYSIO_PARTS["global"])),
                   np.broadcast_to(slow[:, None, :], (1, *times.shape))))

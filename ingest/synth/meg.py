@@ -17,7 +17,7 @@ import numpy as np
 from scipy import fft
 
 from .config import DEFECT_RUNS, MEG_SFREQ, Coupling, RunPlan, data_file, read_tsv
-from .sources import StorySources, band_noise
+from .sources import AUDITORY_FOLLOW, StorySources, band_noise
 
 MAG_NOISE_RMS = 2e-13  # T (200 fT), broadband 0.1-330 Hz
 GRAD_NOISE_RMS = 4e-12  # T/m (40 fT/cm)
@@ -112,8 +112,6 @@ def subject_mixing(group: np.ndarray, rng: np.random.Generator, sensors: SensorA
 def source_variances(coupling: Coupling) -> np.ndarray:
     """Expected variance of each MEG-visible source's signal (``Coupling.meg_rows`` order):
     E[env^2] var(carrier) + var(slow), plus the evoked response and the alpha rhythm where present."""
-    from .sources import AUDITORY_FOLLOW
-
     rows = coupling.meg_rows()
     var = np.full(len(rows), np.exp(coupling.envelope_log_std**2) + 1.0)
     var += coupling.alpha_weight**2

@@ -21,6 +21,18 @@ def story_rng(seed: int, story: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, story])
 
 
+def lowpass_gain(freqs: np.ndarray, timescale: float) -> np.ndarray:
+    """A Gaussian spectrum of width 1/``timescale`` (s): the low-pass of ``smooth_noise``."""
+    return np.exp(-0.5 * (freqs * timescale * 2 * np.pi) ** 2)
+
+
+def band_gain(freqs: np.ndarray, band: tuple[float, float], edge: float) -> np.ndarray:
+    """A band-pass to ``band`` (Hz) with raised-cosine edges ``edge`` Hz wide: that of ``band_noise``."""
+    low, high = band
+    gain = np.clip((freqs - (low - edge)) / edge, 0, 1) * np.clip(((high + edge) - freqs) / edge, 0, 1)
+    return np.sin(0.5 * np.pi * gain) ** 2
+
+
 def smooth_noise(rng: np.random.Generator, n_series: int, n_times: int, timescale: float,
                  sfreq: float) -> np.ndarray:
     """Gaussian noise low-passed with a Gaussian spectrum of width 1/timescale, unit std.
@@ -28,8 +40,7 @@ def smooth_noise(rng: np.random.Generator, n_series: int, n_times: int, timescal
     Shape ``(n_series, n_times)``, float64.
     """
     white = rng.standard_normal((n_series, n_times))
-    freqs = fft.rfftfreq(n_times, 1.0 / sfreq)
-    gain = np.exp(-0.5 * (freqs * timescale * 2 * np.pi) ** 2)
+    gain = lowpass_gain(fft.rfftfreq(n_times, 1.0 / sfreq), timescale)
     out = fft.irfft(fft.rfft(white, axis=1) * gain, n=n_times, axis=1)
     out -= out.mean(axis=1, keepdims=True)
     return out / out.std(axis=1, keepdims=True)
@@ -39,11 +50,7 @@ def band_noise(rng: np.random.Generator, n_series: int, n_times: int, band: tupl
                sfreq: float) -> np.ndarray:
     """Gaussian noise band-passed to ``band`` (Hz) with raised-cosine edges, unit std."""
     white = rng.standard_normal((n_series, n_times))
-    freqs = fft.rfftfreq(n_times, 1.0 / sfreq)
-    low, high = band
-    edge = 1.0  # Hz
-    gain = np.clip((freqs - (low - edge)) / edge, 0, 1) * np.clip(((high + edge) - freqs) / edge, 0, 1)
-    gain = np.sin(0.5 * np.pi * gain) ** 2
+    gain = band_gain(fft.rfftfreq(n_times, 1.0 / sfreq), band, edge=1.0)
     out = fft.irfft(fft.rfft(white, axis=1) * gain, n=n_times, axis=1)
     return out / out.std(axis=1, keepdims=True)
 
@@ -151,19 +158,15 @@ def calibrated_parts(rng: np.random.Generator, base: StorySources, coupling: Cou
 
 
 def band_noise_filter(series: np.ndarray, band: tuple[float, float], sfreq: float) -> np.ndarray:
-    """``series`` band-passed to ``band`` (Hz) with the raised-cosine edges of ``band_noise``."""
-    freqs = fft.rfftfreq(len(series), 1.0 / sfreq)
-    low, high = band
-    edge = min(1.0, low)
-    gain = np.clip((freqs - (low - edge)) / edge, 0, 1) * np.clip(((high + edge) - freqs) / edge, 0, 1)
-    gain = np.sin(0.5 * np.pi * gain) ** 2
+    """``series`` band-passed to ``band`` (Hz) with the raised-cosine edges of ``band_noise`` (no
+    wider than the band's low edge, so that nothing below 0 Hz is asked for)."""
+    gain = band_gain(fft.rfftfreq(len(series), 1.0 / sfreq), band, edge=min(1.0, band[0]))
     return fft.irfft(fft.rfft(series - series.mean()) * gain, n=len(series))
 
 
 def smooth_positive(series: np.ndarray, timescale: float, sfreq: float) -> np.ndarray:
     """Each row of a positive ``series`` low-passed (Gaussian spectrum of width 1/timescale), kept > 0."""
-    freqs = fft.rfftfreq(series.shape[1], 1.0 / sfreq)
-    gain = np.exp(-0.5 * (freqs * timescale * 2 * np.pi) ** 2)
+    gain = lowpass_gain(fft.rfftfreq(series.shape[1], 1.0 / sfreq), timescale)
     out = fft.irfft(fft.rfft(series, axis=1) * gain, n=series.shape[1], axis=1)
     return np.maximum(out, 1e-3 * series.mean(axis=1, keepdims=True))
 
