@@ -12,7 +12,7 @@ PIP_PINS ?= aiobotocore==3.10.0 boto3==1.43.117
 DEMO_DIR ?= demo-output
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-volume demo-pairing paper calibrate test lint install install-test clean
+.PHONY: demo demo-volume demo-pairing paper calibrate study test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -145,6 +145,22 @@ calibrate: $(VENV)/.installed
 		rm -rf $(CALIBRATE_DIR)/$$name; \
 	done
 	@echo "calibrate: tables in $(CALIBRATE_DIR)/*.md"
+
+# The study (README: "The study"): an SMN4Lang-shaped experiment with a learning curve. 12 subjects;
+# subjects 01-08 hear stories 1-16 and 09-12 stories 17-22 (`test`), 270 s each: 9.6 h of training
+# data, nested sizes of 2, 4, 8 and 16 stories; MEG written at 200 Hz (synth --meg-sfreq: 5x less
+# disk, the same signal and noise density below 66 Hz; ingest works at 100 Hz). Everything fixed a
+# priori: the demo's features and slice rule, cGAN 4 epochs (lr halved every 2) at every size, the
+# whole-brain cGAN 2 epochs at the largest, one ROI from the largest training set. About an hour
+# and 30 GB at most on 2 cores. Resumable: `make study` again after a kill redoes only the step that
+# was running. Run it in the background with its log:
+#   nohup make study > study.log 2>&1 &
+# A fresh seed of the largest size:  make study STUDY_SEED=1 STUDY_DIR=study-seed1 STUDY_ARGS="--sizes 16"
+STUDY_DIR ?= study-output
+STUDY_SEED ?= 0
+STUDY_ARGS ?=
+study: $(VENV)/.installed
+	$(BIN)/bench study --out $(STUDY_DIR) --seed $(STUDY_SEED) $(STUDY_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check ingest shards loader model bench tests

@@ -1,6 +1,7 @@
 """``bench``: throughput measured side by side against the alternatives a user would pick.
 
-``bench kernels``, ``bench ingest``, ``bench loader`` and ``bench train``.
+``bench kernels``, ``bench ingest``, ``bench loader`` and ``bench train``; ``bench study`` (``make study``)
+runs the engine at scale for a learning curve.
 """
 
 from __future__ import annotations
@@ -57,6 +58,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     train.add_argument("--target", choices=["slice", "volume"], default="slice",
                        help="slice (the paper's cGAN) or volume (low-rank head and vector critic)")
+    study = sub.add_parser("study", help="an SMN4Lang-shaped experiment with a learning curve (make study)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           description="Synthesise, ingest, train and evaluate a study of 12 subjects: the "
+                           "training subjects hear --train-stories stories, the held-out subjects the next "
+                           "--test-stories; nested training sets of --sizes stories give a learning curve. "
+                           "Resumable: a step that finished is not run again. Writes OUT/study.md, "
+                           "OUT/study.json, OUT/learning_curve.png (README: 'The study').")
+    study.add_argument("--out", type=Path, default=Path("study-output"),
+                       help="study folder (resumed if present)")
+    study.add_argument("--seed", type=int, default=0, help="synth and training seed")
+    study.add_argument("--subjects", default="01-12",
+                       help="subjects of the study, e.g. 01-12 or 01,02,03,04")
+    study.add_argument("--held-out", default="09,10,11,12", help="held-out subjects (the rest train)")
+    study.add_argument("--train-stories", type=int, default=16, help="stories 1..N for training")
+    study.add_argument("--test-stories", type=int, default=6, help="the next M stories, for test")
+    study.add_argument("--duration", type=float, default=270.0, help="seconds per story")
+    study.add_argument("--shape", default="48x48x32", help="fMRI grid XxYxZ")
+    study.add_argument("--meg-sfreq", type=float, default=200.0, choices=(200.0, 500.0, 1000.0),
+                       help="MEG sampling rate of the FIF files (synth --meg-sfreq)")
+    study.add_argument("--sizes", default="2,4,8,16", help="training stories per learning-curve size")
+    study.add_argument("--epochs", type=int, default=4, help="cGAN epochs (slice targets), every size")
+    study.add_argument("--lr-step", type=int, default=2, help="halve the cGAN learning rate every N epochs")
+    study.add_argument("--volume-epochs", type=int, default=2, help="whole-brain cGAN epochs (largest size)")
+    study.add_argument("--no-volume", action="store_true", help="slice targets only")
+    study.add_argument("--bootstrap", type=int, default=2000, help="evaluate --bootstrap")
+    study.add_argument("--null-draws", type=int, default=2000, help="evaluate --null-draws")
+    study.add_argument("--jobs", type=int, default=2, help="synth processes")
+    study.add_argument("--delete-data", action="store_true",
+                       help="once the report is written, delete the dataset and the Zarr caches (results, "
+                       "shards and models stay)")
     for name, issue in PENDING.items():
         sub.add_parser(name, help=f"not implemented yet (issue #{issue})")
     for one in sub.choices.values():
@@ -64,11 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_study(args: argparse.Namespace) -> int:
+    from meg2fmri.shards.split import run_list
+
+    from .study import Study, StudyConfig
+
+    try:
+        config = StudyConfig(
+            out=args.out, seed=args.seed, subjects=tuple(f"{i:02d}" for i in run_list(args.subjects)),
+            held_out=tuple(s.strip().zfill(2) for s in args.held_out.split(",")),
+            train_stories=args.train_stories, test_stories=args.test_stories, duration=args.duration,
+            shape=args.shape, meg_sfreq=args.meg_sfreq,
+            sizes=tuple(sorted({int(v) for v in args.sizes.split(",")})), epochs=args.epochs,
+            lr_step=args.lr_step, volume_epochs=args.volume_epochs, volume=not args.no_volume,
+            bootstrap=args.bootstrap, null_draws=args.null_draws, jobs=args.jobs,
+            keep_data=not args.delete_data)
+    except ValueError as err:
+        print(f"bench study: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        Study(config, log=lambda line: print(line, flush=True)).run()
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"bench study: results in {args.out}/study.md, {args.out}/learning_curve.png", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.which in PENDING:
         print(f"bench {args.which}: not implemented yet (issue #{PENDING[args.which]})", file=sys.stderr)
         return 2
+    if args.which == "study":
+        return run_study(args)
     from .report import emit
 
     if args.which == "kernels":

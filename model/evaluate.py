@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -49,7 +50,7 @@ RUN_METRICS = ("voxel_r", "change_r2", "mse", "ssim", "mse_mask", "ssim_mask")
 @dataclass(frozen=True)
 class EvalConfig:
     shards: str
-    runs: str  # folder holding one run folder per variant (cgan/, no_adversarial/, shuffled/)
+    runs: str | None  # folder holding one run folder per variant (cgan/, ...); None: baselines only
     out: str
     mask_fraction: float = 0.2
     bootstrap: int = 2000
@@ -60,6 +61,7 @@ class EvalConfig:
     oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
     bids_root: str | None = None  # for the stimulus baseline (stimuli/audio/story_N.wav)
     extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
+    roi: str | None = None  # an roi.npz written by evaluate (of more training data): the ROI, not chosen here
 
     def __post_init__(self):
         if not 0 < self.mask_fraction < 1:
@@ -147,7 +149,9 @@ def generator_predictions(run: str, meg: np.ndarray, width: int, target: TargetL
 
 
 def model_runs(config: EvalConfig) -> dict[str, str]:
-    """Each scored model's run folder (local or ``s3://``), by row name."""
+    """Each scored model's run folder (local or ``s3://``), by row name; none without ``runs``."""
+    if config.runs is None:
+        return {}
     runs = location(config.runs, config.storage_options)
     found = {v: runs.url_of(v) for v in VARIANTS if runs.exists(f"{v}/{CHECKPOINT}")}
     for name, folder in config.extra:  # e.g. a cGAN trained on --pairing paper shards
@@ -169,6 +173,8 @@ def check_inputs(config: EvalConfig) -> None:
     model_runs(config)
     if config.oracle is not None and not Path(config.oracle).is_file():
         raise InputError(f"--oracle {config.oracle}: no such file; write it with `synth-oracle`")
+    if config.roi is not None and not Path(config.roi).is_file():
+        raise InputError(f"--roi {config.roi}: no such file; give the roi.npz an evaluation wrote")
     if config.bids_root is not None and not (Path(config.bids_root) / "stimuli" / "audio").is_dir():
         raise InputError(f"--bids-root {config.bids_root}: no stimuli/audio/ folder (the stimulus baseline "
                          "reads story_N.wav there); pass the BIDS root, or drop --bids-root to skip the row")
@@ -403,6 +409,36 @@ def save_predictions(out: Location, ev: EvalSet, predictions: dict[str, np.ndarr
 
 
 
+def given_roi(path: Path, mask: np.ndarray, volume=None) -> tuple[np.ndarray, dict]:
+    """The ROI of ``--roi``, checked against this target's shape and mask: an evaluation's roi.npz, or for
+    volume targets its roi.nii.gz (``volume``: these shards' mask image), whose voxels are matched on the
+    grid: a learning curve's training sets each have their own training mask."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        if volume is None:
+            raise InputError(f"--roi {path}: a NIfTI ROI is for volume targets; give the roi.npz of a slice "
+                             "evaluation")
+        image = nib.load(path)
+        if image.shape != volume.shape or not np.allclose(image.affine, volume.affine, atol=1e-4):
+            raise InputError(f"--roi {path}: its grid {image.shape} is not these shards' {volume.shape} (or "
+                             "the affines differ)")
+        inside = np.asarray(volume.dataobj) > 0
+        chosen = np.asarray(image.dataobj) > 0
+        roi = chosen[inside]
+        return roi, {"rule": f"given: {path} (chosen there, on training data only; matched on the grid)",
+                     "values": int(roi.sum()), "of": int(roi.size),
+                     "outside_this_mask": int((chosen & ~inside).sum())}
+    with np.load(path) as data:
+        roi = data["roi"] if "roi" in data else None
+    if roi is None or roi.dtype != bool or roi.shape != mask.shape:
+        raise InputError(f"--roi {path}: expected an 'roi' boolean array of shape {mask.shape} (the roi.npz "
+                         f"of an evaluation of the same target), got "
+                         f"{None if roi is None else (roi.dtype, roi.shape)}")
+    outside = int((roi & ~mask).sum())
+    return roi & mask, {"rule": f"given: {path} (chosen there, on training data only)",
+                        "values": int((roi & mask).sum()), "of": int(mask.sum()),
+                        "outside_this_mask": outside}
+
+
 def evaluate(config: EvalConfig) -> dict:
     check_inputs(config)
     train, index = load_split(config, "train")
@@ -420,10 +456,15 @@ def evaluate(config: EvalConfig) -> dict:
         mask = mean_image > config.mask_fraction * mean_image.max()
     else:  # voxels are in-mask already (the training mask); parcels are regions
         mask = np.ones(mean_image.shape, dtype=bool)
-    try:  # the headline region, from the training split only
-        roi, roi_choice = training_roi(train.fmri, train.meta, mask)
-    except InputError as err:
-        roi, roi_choice = None, {"not_chosen": str(err)}
+    if config.roi is not None:
+        volume = (volume_maps.read_mask(config.shards, index, config.storage_options)
+                  if target.kind == "volume" else None)
+        roi, roi_choice = given_roi(Path(config.roi), mask, volume)
+    else:
+        try:  # the headline region, from the training split only
+            roi, roi_choice = training_roi(train.fmri, train.meta, mask)
+        except InputError as err:
+            roi, roi_choice = None, {"not_chosen": str(err)}
     missing = index.missing_runs()
     if missing:  # a partial dataset is said, here and in results.md
         print(f"evaluate: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest "

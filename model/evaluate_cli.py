@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
-    p.add_argument("--runs", required=True,
-                   help="folder with a run folder per variant: cgan/ (required), no_adversarial/, shuffled/")
+    p.add_argument("--runs", default=None,
+                   help="folder with a run folder per variant: cgan/ (required there), no_adversarial/, "
+                   "shuffled/; without it only the baselines are scored (mean image, ridge, stimulus, "
+                   "story clock, oracle)")
     p.add_argument("--out", required=True,
                    help="folder or s3:// prefix for results.json, results.md and the figures (each "
                    "written whole)")
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="score another run on the same held-out pairs as row NAME (repeatable), e.g. a cGAN "
                         "trained on --pairing paper shards with the same features")
+    p.add_argument("--roi", default=None, metavar="ROI.npz",
+                   help="score the ROI of this roi.npz (written by an evaluation of the same target, e.g. "
+                   "on a larger training set: a learning curve's sizes share one ROI) instead of choosing "
+                   "one from these shards' training split")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out,
                             mask_fraction=args.mask_fraction,
                             bootstrap=args.bootstrap, null_draws=args.null_draws, min_shift_s=args.min_shift,
-                            oracle=args.oracle, bids_root=args.bids_root,
+                            oracle=args.oracle, bids_root=args.bids_root, roi=args.roi,
                             extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
                             storage_options=({"endpoint_url": args.endpoint_url} if args.endpoint_url
                                              else None))

@@ -81,6 +81,8 @@ def figures(out: Location, real: np.ndarray, predictions: dict, meta: list[dict]
     put_figure(out, "pairs.png", fig, dpi=110)
     plt.close(fig)
 
+    if not runs:  # baselines only (evaluate without --runs): no training curve to draw
+        return
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for name, run in runs.items():
         steps = [record for record in read_log(run) if "epoch_end" not in record]

@@ -81,3 +81,23 @@ def test_grouped_cv_ridge_learns_changes_with_a_penalty_per_pixel():
     change = baselines.run_deviations(yt, mt)
     assert np.corrcoef(pred[:, 0, 0], change[:, 0, 0])[0, 1] > 0.9
     assert abs(np.corrcoef(pred[:, 0, 1], change[:, 0, 1])[0, 1]) < 0.5
+
+
+def test_primal_ridge_cv_is_himalayas_ridge_cv():
+    """The primal ridge (used above PRIMAL_MIN_SAMPLES: himalaya's RidgeCV would hold an alphas x val x train
+    array, 73 GB at make study's size) picks the same penalty per target and predicts the same values."""
+    from himalaya.ridge import RidgeCV
+
+    from meg2fmri.model.baselines import ALPHAS, PrimalRidgeCV
+    from meg2fmri.model.stats import grouped_folds
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1200, 40))
+    y = x @ (rng.standard_normal((40, 30)) * (rng.random(30) < 0.5)) * 0.1 + rng.standard_normal((1200, 30))
+    subjects, stories = np.repeat(np.arange(6), 200).astype(str), np.tile(np.repeat(np.arange(4), 50), 6)
+    folds, _ = grouped_folds(subjects, stories)
+    ours = PrimalRidgeCV(ALPHAS, folds, n_targets_batch=7).fit(x, y)
+    theirs = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds).fit(x, y)
+    assert len(np.unique(ours.best_alphas_)) > 3  # the CV chose different penalties for different targets
+    np.testing.assert_allclose(ours.best_alphas_, np.asarray(theirs.best_alphas_), rtol=1e-9)
+    np.testing.assert_allclose(ours.predict(x), np.asarray(theirs.predict(x)), atol=1e-10)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import read_tsv, run_synth
 
@@ -117,3 +118,58 @@ def test_console_commands_answer_help(command: str):
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: {command}")
+
+
+def test_meg_sfreq_200_keeps_the_bold_and_the_noise_density_below_the_low_pass(tmp_path: Path):
+    """synth --meg-sfreq 200 (what `make study` writes: 5x less FIF): the same BOLD and truth bit for bit,
+    a FIF and sidecars that say 200 Hz, triggers ingest finds at the same times, and the same power per
+    Hz in every band ingest's 100 Hz keeps."""
+    import json
+
+    import mne
+    from scipy.signal import welch
+
+    from meg2fmri.ingest.preprocess import preprocess_meg_file
+
+    args = ["--preset", "tiny", "--subjects", "01", "--runs", "1", "--duration", "60", "--jobs", "1"]
+    full, low = run_synth(tmp_path / "full", *args), run_synth(tmp_path / "low", *args, "--meg-sfreq", "200")
+    a, b = digests(full), digests(low)
+    same = [k for k in a if not k.startswith("sub-01/meg/") and k not in (
+        "derivatives/synth/synth_config.json", "derivatives/synth/runs.tsv")]
+    assert len(same) > 10 and all(a[k] == b[k] for k in same)
+    meg = "sub-01/meg/sub-01_task-RDR_run-1"
+    assert os.path.getsize(low / f"{meg}_meg.fif") < 0.25 * os.path.getsize(full / f"{meg}_meg.fif")
+    assert json.loads((low / f"{meg}_meg.json").read_text())["SamplingFrequency"] == 200
+    assert {row["sampling_frequency"] for row in read_tsv(low / f"{meg}_channels.tsv")} == {"200"}
+    events = read_tsv(low / f"{meg}_events.tsv")
+    assert [int(e["sample"]) for e in events] == [round(float(e["onset"]) * 200) for e in events]
+    onsets = [preprocess_meg_file(root / f"{meg}_meg.fif", "x", 60.0).story_onset for root in (full, low)]
+    assert abs(onsets[0] - onsets[1]) < 0.006
+    psd = {}
+    for name, root in (("full", full), ("low", low)):
+        raw = mne.io.read_raw_fif(root / f"{meg}_meg.fif", verbose="error")
+        assert raw.info["lowpass"] == pytest.approx(330.0 if name == "full" else 200 / 3, rel=1e-3)
+        sfreq = raw.info["sfreq"]
+        freqs, power = welch(raw.get_data(picks="meg"), fs=sfreq, nperseg=int(4 * sfreq))
+        psd[name] = {band: power[:, (freqs >= band[0]) & (freqs < band[1])].mean(axis=1)
+                     for band in ((1, 8), (8, 13), (13, 30), (30, 45))}
+    for band, full_power in psd["full"].items():
+        assert 0.9 < float(np.median(psd["low"][band] / full_power)) < 1.1, band
+
+
+def test_blocks_write_only_the_named_subjects_x_runs(tmp_path: Path):
+    from meg2fmri.shards.errors import InputError
+
+    args = synth_cli.build_parser().parse_args(
+        ["--preset", "tiny", "--out", str(tmp_path / "x"), "--block", "01-02:1-2", "--block", "03:3"])
+    config = synth_cli.config_from_args(args)
+    assert config.subjects == ("01", "02", "03") and config.runs == (1, 2, 3)
+    written = {(p.subject, p.run) for p in config.plan()}
+    assert written == {("01", 1), ("01", 2), ("02", 1), ("02", 2), ("03", 3)}
+    args = synth_cli.build_parser().parse_args(
+        ["--preset", "tiny", "--subjects", "01", "--block", "01-02:1", "--out", str(tmp_path / "y")])
+    with pytest.raises(InputError, match="--block 01,02:1 is not within"):
+        synth_cli.config_from_args(args)
+    with pytest.raises(SystemExit) as refused:  # ingest resamples to 100 Hz by whole steps
+        synth_cli.build_parser().parse_args(["--meg-sfreq", "250"])
+    assert refused.value.code == 2

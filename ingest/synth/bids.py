@@ -29,7 +29,7 @@ from .config import (
     read_tsv,
 )
 from .fmri import SHOT_TIMES, slice_times
-from .meg import BEG, END, MegTiming
+from .meg import BEG, END, MegTiming, lowpass
 from .sources import band_noise
 
 BOM = "\ufeff"
@@ -127,16 +127,25 @@ def write_subject_sidecars(root: Path, subject: str) -> None:
     write_json(meg_dir(root, subject) / f"sub-{subject}_coordsystem.json", template("coordsystem.json"))
 
 
-def write_meg_sidecars(root: Path, plan: RunPlan, timing: MegTiming, coupling: Coupling) -> None:
+def write_meg_sidecars(root: Path, plan: RunPlan, timing: MegTiming, coupling: Coupling,
+                       sfreq: float = MEG_SFREQ) -> None:
     stem = meg_dir(root, plan.subject) / run_stem(plan.subject, plan.run)
     sidecar = template("meg.json")
     sidecar["PowerLineFrequency"] = coupling.line_freq
-    sidecar["RecordingDuration"] = round((timing.n_times - 1) / MEG_SFREQ, 3)
+    sidecar["RecordingDuration"] = round((timing.n_times - 1) / sfreq, 3)
     sidecar["ContinuousHeadLocalization"] = False  # no cHPI signals are simulated
     sidecar["DigitizedHeadPoints"] = False  # fiducials and HPI coils only
+    if sfreq != MEG_SFREQ:
+        sidecar["SamplingFrequency"] = sfreq
     write_json(Path(f"{stem}_meg.json"), sidecar)
-    shutil.copyfile(data_file("channels.tsv"), f"{stem}_channels.tsv")
-    rows = [[f"{onset:.3f}", "0.0", kind, value, int(round(onset * MEG_SFREQ))]
+    if sfreq == MEG_SFREQ:
+        shutil.copyfile(data_file("channels.tsv"), f"{stem}_channels.tsv")
+    else:  # the real table with this rate and its anti-alias low-pass
+        table = read_tsv("channels.tsv")
+        for row in table:
+            row["sampling_frequency"], row["high_cutoff"] = f"{sfreq:g}", f"{lowpass(sfreq):.4g}"
+        write_tsv(Path(f"{stem}_channels.tsv"), list(table[0]), [list(r.values()) for r in table], bom=True)
+    rows = [[f"{onset:.3f}", "0.0", kind, value, int(round(onset * sfreq))]
             for onset, kind, value in ((timing.beg_trigger, "Beg", BEG), (timing.end_trigger, "End", END))]
     write_tsv(Path(f"{stem}_events.tsv"), ["onset", "duration", "trial_type", "value", "sample"],
               rows, bom=True)

@@ -14,6 +14,7 @@ from meg2fmri.shards.split import run_list
 
 from .config import (
     MAP_KINDS,
+    MEG_SFREQS,
     N_STORIES,
     PHYSIO_KINDS,
     PRESETS,
@@ -36,6 +37,16 @@ def parse_runs(text: str) -> tuple[int, ...]:
     """``all``, ``1,2,5`` or ranges like ``1-10``."""
     runs = run_list(text)
     return tuple(range(1, N_STORIES + 1)) if runs is None else runs
+
+
+def parse_block(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``SUBJECTS:RUNS``, each a list or range: ``01-08:1-16``."""
+    subjects, sep, runs = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--block must look like 01-08:1-16 (SUBJECTS:RUNS), got {text!r}")
+    ids = (SUBJECT_IDS if subjects == "all"
+           else tuple(f"{i:02d}" for i in run_list(subjects.replace("sub-", ""))))
+    return ids, parse_runs(runs)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -93,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "preset uses the real lengths from ds004078)")
     p.add_argument("--shape", type=parse_shape, default=None,
                    help="fMRI volume size XxYxZ (default: the preset's; real data is 106x106x72)")
+    p.add_argument("--block", type=parse_block, action="append", default=None, metavar="SUBJECTS:RUNS",
+                   help="write only these subjects x runs (repeatable), e.g. --block 01-08:1-16 --block "
+                   "09-12:17-22: training subjects x training stories and held-out subjects x held-out "
+                   "stories, nothing in between (default: every --subjects x every --runs; without "
+                   "--subjects/--runs, the blocks' union)")
+    p.add_argument("--meg-sfreq", type=float, default=1000.0, choices=MEG_SFREQS,
+                   help="MEG sampling rate of the FIF files (Hz): 1000 as ds004078; 500 or 200 write "
+                   "2-5x less, as a system recording at that rate would (anti-alias low-pass at a third "
+                   "of it, the same noise density below); the sources and the BOLD are those of 1000 Hz")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     p.add_argument("--defects", action="store_true",
                    help="reproduce the dataset's two faulty runs (sub-08 run-16, sub-09 run-7: story-"
@@ -162,9 +182,16 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     fields = [f.name for f in dataclasses.fields(Coupling)]
     coupling = world_coupling(args.world, **{f: getattr(args, f) for f in fields if hasattr(args, f)})
     out = args.out if args.out is not None else Path(f"synth-{args.preset}")
+    blocks = tuple(args.block or ())
+    subjects, runs = args.subjects, args.runs
+    if blocks and subjects is None:
+        subjects = tuple(sorted({s for block, _ in blocks for s in block}))
+    if blocks and runs is None:
+        runs = tuple(sorted({r for _, block in blocks for r in block}))
     return SynthConfig.from_preset(
-        args.preset, out, subjects=args.subjects, runs=args.runs, story_duration=args.duration,
-        volume_shape=args.shape, seed=args.seed, defects=args.defects, coupling=coupling)
+        args.preset, out, subjects=subjects, runs=runs, story_duration=args.duration,
+        volume_shape=args.shape, seed=args.seed, defects=args.defects, coupling=coupling,
+        meg_sfreq=args.meg_sfreq, blocks=blocks)
 
 
 def run_calibration(root: Path) -> int:
@@ -191,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         plans = config.plan()
         size = estimated_bytes(config)
-        print(f"synth: {len(config.subjects)} subjects x {len(config.runs)} runs = {len(plans)} runs, "
+        print(f"synth: {len(config.subjects)} subjects x {len(config.runs)} runs"
+              f"{' in ' + str(len(config.blocks)) + ' blocks' if config.blocks else ''} = {len(plans)} runs, "
               f"about {size / 1e9:.2f} GB -> {config.out}", file=sys.stderr)
         if args.dry_run:
             return 0

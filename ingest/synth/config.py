@@ -18,6 +18,7 @@ from meg2fmri.shards.errors import InputError
 
 # ds004078 constants (see ../shared/reference/paper.md and the reference sidecars).
 MEG_SFREQ = 1000.0  # Hz, Elekta TRIUX acquisition rate
+MEG_SFREQS = (1000.0, 500.0, 200.0)  # synth --meg-sfreq: whole steps of 1000 Hz, multiples of 100
 TR = 0.71  # s, fMRI repetition time
 FMRI_AUDIO_ONSET = 10.65  # s after scan start at which the story audio starts (volume 15)
 HURRYUP_DELAY = 8.0  # s from story end to the "hurry up" image in fMRI events.tsv
@@ -227,8 +228,23 @@ class SynthConfig:
     seed: int = 0
     defects: bool = False
     coupling: Coupling = field(default_factory=Coupling)
+    meg_sfreq: float = MEG_SFREQ  # Hz of the FIF files (the sources are made at 1000 Hz whatever this is)
+    # (subjects, runs) blocks to write; empty: every subject x every run
+    blocks: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.meg_sfreq not in MEG_SFREQS:
+            raise InputError(f"--meg-sfreq must be one of {', '.join(f'{r:g}' for r in MEG_SFREQS)} Hz "
+                             f"(whole steps of the sources' 1000 Hz that ingest's 100 Hz divides), got "
+                             f"{self.meg_sfreq:g}")
+        if self.coupling.carrier_band[1] >= min(330.0, self.meg_sfreq / 3):
+            raise InputError(f"--carrier-band {self.coupling.carrier_band[1]:g} Hz is above the anti-alias "
+                             f"low-pass of --meg-sfreq {self.meg_sfreq:g} ({self.meg_sfreq / 3:.1f} Hz): "
+                             "raise --meg-sfreq or lower the band")
+        for subjects, runs in self.blocks:
+            if not set(subjects) <= set(self.subjects) or not set(runs) <= set(self.runs):
+                raise InputError(f"--block {','.join(subjects)}:{','.join(map(str, runs))} is not within "
+                                 "--subjects x --runs")
         unknown = sorted(set(self.subjects) - set(SUBJECT_IDS))
         if unknown or not self.subjects:
             raise InputError(
@@ -265,6 +281,8 @@ class SynthConfig:
         plans = []
         for subject in self.subjects:
             for run in self.runs:
+                if self.blocks and not any(subject in s and run in r for s, r in self.blocks):
+                    continue
                 if self.story_duration is None:
                     duration = float(real[run]["audio_dur_s"])
                     n_vols = int(real[run]["n_vols"])
@@ -288,6 +306,6 @@ def estimated_bytes(config: SynthConfig) -> int:
     total = 0
     for plan in config.plan():
         meg_seconds = 14.0 + plan.story_duration + config.meg_tail[1]
-        total += int(meg_seconds * MEG_SFREQ * 328 * 4)
+        total += int(meg_seconds * config.meg_sfreq * 328 * 4)
         total += int(plan.n_vols * n_voxels * 2 * 0.6)
     return total

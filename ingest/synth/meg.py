@@ -21,7 +21,13 @@ from .sources import AUDITORY_FOLLOW, StorySources, band_noise
 
 MAG_NOISE_RMS = 2e-13  # T (200 fT), broadband 0.1-330 Hz
 GRAD_NOISE_RMS = 4e-12  # T/m (40 fT/cm)
-TRIGGER_SAMPLES = 50  # width of an STI101 pulse, samples
+TRIGGER_SECONDS = 0.05  # width of an STI101 pulse (50 samples at 1000 Hz)
+NOISE_BAND = (0.1, 330.0)  # Hz: the sensor noise's band at 1000 Hz (MAG/GRAD_NOISE_RMS are over it)
+
+
+def lowpass(sfreq: float) -> float:
+    """The acquisition's anti-alias low-pass (Elekta: a third of the sampling rate, 330 Hz at 1000)."""
+    return min(NOISE_BAND[1], sfreq / 3.0)
 BEG, END = 1, 2  # STI101 values of story begin and story end
 STIM_VOLTS = 5.0  # STI001..STI008 level while their bit is set
 
@@ -122,38 +128,55 @@ def source_variances(coupling: Coupling) -> np.ndarray:
     return var
 
 
+def in_band_std(knee: float, exponent: float, high: float) -> float:
+    """Std of the part below ``high`` Hz of unit-std noise with spectrum ``1 + (knee / f) ** exponent``
+    over ``NOISE_BAND``: a recording at a lower rate keeps the same noise density where it has one."""
+    freqs = np.linspace(*NOISE_BAND, 200_001)
+    power = 1.0 + (knee / freqs) ** exponent
+    return float(np.sqrt(power[freqs <= high].sum() / power.sum()))
+
+
 def coloured_noise(rng: np.random.Generator, n_series: int, n_times: int, knee: float,
-                   exponent: float) -> np.ndarray:
-    """Noise with amplitude spectrum ``sqrt(1 + (knee / f) ** exponent)``, 0.1-330 Hz, unit std."""
-    freqs = fft.rfftfreq(n_times, 1.0 / MEG_SFREQ)
+                   exponent: float, sfreq: float = MEG_SFREQ) -> np.ndarray:
+    """Noise with amplitude spectrum ``sqrt(1 + (knee / f) ** exponent)`` over 0.1 Hz to the low-pass,
+    unit std over 0.1-330 Hz (at 1000 Hz: unit std; below, the in-band part of it)."""
+    high = lowpass(sfreq)
+    freqs = fft.rfftfreq(n_times, 1.0 / sfreq)
     with np.errstate(divide="ignore"):
         gain = np.sqrt(1.0 + (knee / freqs) ** exponent)
-    gain[(freqs < 0.1) | (freqs > 330.0)] = 0.0
+    gain[(freqs < NOISE_BAND[0]) | (freqs > high)] = 0.0
     out = np.empty((n_series, n_times), dtype=np.float32)
     for start in range(0, n_series, 32):  # chunks bound the memory of long runs
         block = rng.standard_normal((min(32, n_series - start), n_times), dtype=np.float32)
         block = fft.irfft(fft.rfft(block, axis=1) * gain, n=n_times, axis=1)
         out[start:start + len(block)] = block / block.std(axis=1, keepdims=True)
+    if high < NOISE_BAND[1]:
+        out *= np.float32(in_band_std(knee, exponent, high))
     return out
 
 
 def sensor_noise(rng: np.random.Generator, background: np.ndarray, n_times: int,
-                 sensors: SensorArray, coupling: Coupling) -> np.ndarray:
+                 sensors: SensorArray, coupling: Coupling, sfreq: float = MEG_SFREQ) -> np.ndarray:
     """Noise on the 306 MEG sensors ``(306, n_times)`` float32, in T and T/m.
 
     Correlated brain background (``background`` patterns, pink with an alpha rhythm) plus
     independent sensor noise with a 1/f knee, plus mains interference and two harmonics.
     """
     n_bg = background.shape[1]
-    bg_courses = coloured_noise(rng, n_bg, n_times, knee=20.0, exponent=1.0)
-    bg_courses += 0.7 * band_noise(rng, n_bg, n_times, (8.0, 12.0), MEG_SFREQ).astype(np.float32)
+    bg_courses = coloured_noise(rng, n_bg, n_times, knee=20.0, exponent=1.0, sfreq=sfreq)
+    bg_courses += 0.7 * band_noise(rng, n_bg, n_times, (8.0, 12.0), sfreq).astype(np.float32)
     brain = background.astype(np.float32) @ bg_courses
     brain /= brain.std(axis=1).mean()
-    own = coloured_noise(rng, len(sensors.names), n_times, knee=5.0, exponent=1.0)
+    if sfreq != MEG_SFREQ:  # the in-band part of the 1000-Hz background (pink + alpha), not unit std
+        pink = in_band_std(20.0, 1.0, lowpass(sfreq))
+        brain *= np.float32(np.sqrt((pink**2 + 0.7**2) / (1.0 + 0.7**2)))
+    own = coloured_noise(rng, len(sensors.names), n_times, knee=5.0, exponent=1.0, sfreq=sfreq)
     share = coupling.background_share
     noise = float(np.sqrt(share)) * brain + float(np.sqrt(1 - share)) * own  # python floats: stays float32
-    t = np.arange(n_times) / MEG_SFREQ
+    t = np.arange(n_times) / sfreq
     for harmonic, level in ((1, 1.0), (2, 0.3), (3, 0.5)):
+        if coupling.line_freq * harmonic > lowpass(sfreq):  # filtered out before sampling
+            continue
         amp = coupling.line_share * level * np.sqrt(2) * rng.uniform(0.3, 1.0, (len(noise), 1))
         phase = rng.uniform(0, 2 * np.pi, (len(noise), 1))
         # amp sin(wt + phase) = (amp cos phase) sin wt + (amp sin phase) cos wt: two rank-1 products
@@ -177,8 +200,10 @@ class MegTiming:
     n_times: int
 
 
-def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float]) -> MegTiming:
-    first_samp = int(rng.integers(6000, 21001))  # file starts 6-21 s into the acquisition
+def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float],
+               sfreq: float = MEG_SFREQ) -> MegTiming:
+    # the file starts 6-21 s into the acquisition (drawn in ms: the same times at every rate)
+    first_samp = int(round(int(rng.integers(6000, 21001)) * sfreq / 1000.0))
     beg = round(float(rng.uniform(7.0, 14.0)), 3)
     story_start = beg
     if plan.defect:
@@ -186,15 +211,17 @@ def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float
         story_start = round(defect["true_start_s"], 3)
         beg = defect["spurious_beg_s"]
     end = round(story_start + plan.story_duration, 3)
-    n_times = int(round((end + float(rng.uniform(*tail))) * MEG_SFREQ)) + 1
+    n_times = int(round((end + float(rng.uniform(*tail))) * sfreq)) + 1
     return MegTiming(first_samp, story_start, beg, end, n_times)
 
 
-def stimulus_channels(timing: MegTiming, table: list[dict[str, str]]) -> dict[str, np.ndarray]:
+def stimulus_channels(timing: MegTiming, table: list[dict[str, str]],
+                      sfreq: float = MEG_SFREQ) -> dict[str, np.ndarray]:
     sti101 = np.zeros(timing.n_times, dtype=np.float32)
+    width = int(round(TRIGGER_SECONDS * sfreq))
     for onset, value in ((timing.beg_trigger, BEG), (timing.end_trigger, END)):
-        start = int(round(onset * MEG_SFREQ))
-        sti101[start:start + TRIGGER_SAMPLES] = value
+        start = int(round(onset * sfreq))
+        sti101[start:start + width] = value
     lines = {row["name"]: np.zeros(timing.n_times, dtype=np.float32)
              for row in table if row["name"].startswith("STI0")}
     for bit, name in enumerate(sorted(lines)):
@@ -202,13 +229,14 @@ def stimulus_channels(timing: MegTiming, table: list[dict[str, str]]) -> dict[st
     return {"STI101": sti101, **lines}
 
 
-def meg_info(sensors: SensorArray, table: list[dict[str, str]], coupling: Coupling) -> mne.Info:
+def meg_info(sensors: SensorArray, table: list[dict[str, str]], coupling: Coupling,
+             sfreq: float = MEG_SFREQ) -> mne.Info:
     kinds = {"MEGGRADPLANAR": "grad", "MEGMAG": "mag", "MISC": "bio", "TRIG": "stim"}
     types = [kinds.get(row["type"], "syst" if row["name"] == "SYS201" else "ias") for row in table]
-    info = mne.create_info([row["name"] for row in table], MEG_SFREQ, types, verbose="error")
+    info = mne.create_info([row["name"] for row in table], sfreq, types, verbose="error")
     where = {name: i for i, name in enumerate(sensors.names)}
     with info._unlock():
-        info["highpass"], info["lowpass"] = 0.1, 330.0
+        info["highpass"], info["lowpass"] = NOISE_BAND[0], lowpass(sfreq)
         info["line_freq"] = coupling.line_freq
         for ch in info["chs"]:
             if ch["ch_name"] in where:
@@ -225,22 +253,27 @@ def meg_info(sensors: SensorArray, table: list[dict[str, str]], coupling: Coupli
 
 def synthesize_meg(plan: RunPlan, timing: MegTiming, sources: StorySources, mixing: np.ndarray,
                    background: np.ndarray, coupling: Coupling, rng: np.random.Generator,
-                   sensors: SensorArray) -> mne.io.RawArray:
-    """One run's raw recording (328 channels, file-relative times) as an MNE Raw object."""
+                   sensors: SensorArray, sfreq: float = MEG_SFREQ) -> mne.io.RawArray:
+    """One run's raw recording (328 channels, file-relative times) as an MNE Raw object, sampled at
+    ``sfreq``: the sources (1000 Hz) every ``1000 / sfreq``-th sample (they hold nothing above
+    50 Hz, so nothing aliases), the noise drawn at ``sfreq`` with the same density below the
+    low-pass."""
     table = channel_table()
-    meg = sensor_noise(rng, background, timing.n_times, sensors, coupling)
-    start = int(round(timing.story_start * MEG_SFREQ))
+    meg = sensor_noise(rng, background, timing.n_times, sensors, coupling, sfreq)
+    start = int(round(timing.story_start * sfreq))
     neural = sources.neural[coupling.meg_rows()]  # the hidden sources reach no sensor
+    if sfreq != MEG_SFREQ:
+        neural = neural[:, ::int(round(MEG_SFREQ / sfreq))]
     skip = max(0, -start)  # a file that starts after the story loses the story's first samples
     n = min(neural.shape[1] - skip, timing.n_times - max(start, 0))
     meg[:, max(start, 0):max(start, 0) + n] += mixing.astype(np.float32) @ neural[:, skip:skip + n]
     channels = dict(zip(sensors.names, meg, strict=True))
-    channels.update(stimulus_channels(timing, table))
-    heart = np.sin(2 * np.pi * 1.1 * np.arange(timing.n_times) / MEG_SFREQ) ** 31
+    channels.update(stimulus_channels(timing, table, sfreq))
+    heart = np.sin(2 * np.pi * 1.1 * np.arange(timing.n_times) / sfreq) ** 31
     channels["BIO001"] = (1e-4 * heart + 5e-6 * rng.standard_normal(timing.n_times)).astype(np.float32)
     zeros = np.zeros(timing.n_times, dtype=np.float32)
     data = np.stack([channels.get(row["name"], zeros) for row in table])
-    info = meg_info(sensors, table, coupling)
+    info = meg_info(sensors, table, coupling, sfreq)
     date = datetime.datetime(2021, 3, 1, 9, 0, tzinfo=datetime.UTC)
     info.set_meas_date(date + datetime.timedelta(days=int(plan.subject) * 7, hours=plan.run % 6))
     return mne.io.RawArray(data, info, first_samp=timing.first_samp, verbose="error")

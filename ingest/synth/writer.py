@@ -83,13 +83,13 @@ def write_run(config: SynthConfig, plan: RunPlan, root: Path) -> dict:
     model = subject_model(config, plan.subject)
     sources = story_model(config, plan.run, plan.story_duration)
     rng = run_rng(config.seed, plan.subject, plan.run, 0)
-    timing = meg.meg_timing(rng, plan, config.meg_tail)
+    timing = meg.meg_timing(rng, plan, config.meg_tail, config.meg_sfreq)
     raw = meg.synthesize_meg(plan, timing, sources, model.mixing, model.background,
-                             config.coupling, rng, meg.sensor_array())
+                             config.coupling, rng, meg.sensor_array(), config.meg_sfreq)
     stem = bids.run_stem(plan.subject, plan.run)
     meg.write_fif(raw, bids.meg_dir(root, plan.subject) / f"{stem}_meg.fif")
     del raw
-    bids.write_meg_sidecars(root, plan, timing, config.coupling)
+    bids.write_meg_sidecars(root, plan, timing, config.coupling, config.meg_sfreq)
     drive = bold_drive(sources, config.coupling)
     bold = fmri.synthesize_bold(plan, drive, model.anatomy, model.maps, config.coupling,
                                 run_rng(config.seed, plan.subject, plan.run, 1), model.hrf_peak,
