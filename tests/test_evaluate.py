@@ -12,7 +12,7 @@ from conftest import from_cache
 from meg2fmri.model import evaluate_cli
 from meg2fmri.model import oracle as synth_oracle
 from meg2fmri.model.evaluate import oracle_signal
-from meg2fmri.model.metrics import per_image, voxel_r
+from meg2fmri.model.metrics import per_image, ssim_maps, voxel_r
 from meg2fmri.model.paper import paper_scores
 from meg2fmri.model.train import TrainConfig, train
 
@@ -137,6 +137,17 @@ def test_metrics_on_known_images():
     assert (noisy["ssim"] < 0.99).all() and (noisy["mse"] > 0).all()
     assert np.isclose(voxel_r(real, real, mask), 1.0)
     assert voxel_r(np.broadcast_to(real[0], real.shape), real, mask) == 0.0
+
+
+def test_ssim_maps_in_chunks_equal_one_call_and_keep_each_image_its_own():
+    rng = np.random.default_rng(1)
+    real = rng.uniform(0, 1, (7, 24, 24))
+    pred = np.clip(real + rng.normal(0, 0.2, real.shape), 0, 1)
+    whole = ssim_maps(pred, real, chunk=len(pred))
+    for chunk in (1, 3):
+        assert np.array_equal(ssim_maps(pred, real, chunk=chunk), whole)
+    assert np.array_equal(ssim_maps(pred[4:5], real[4:5]), whole[4:5])
+    assert not np.allclose(whole[0], whole[1])
 
 
 def test_oracle_signal_is_the_truths_change_on_the_mean_anatomy():
