@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "training subjects hear --train-stories stories, the held-out subjects the next "
                            "--test-stories; nested training sets of --sizes stories give a learning curve. "
                            "Resumable: a step that finished is not run again. Writes OUT/study.md, "
-                           "OUT/study.json, OUT/learning_curve.png (README: 'The study').")
+                           "OUT/study.json, OUT/learning_curve.png (docs/study.md).")
     study.add_argument("--out", type=Path, default=Path("study-output"),
                        help="study folder (resumed if present)")
     study.add_argument("--seed", type=int, default=0, help="synth and training seed")

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from meg2fmri.ingest.synth.config import SynthConfig
-from meg2fmri.ingest.synth.writer import TRUTH, write_dataset
+from meg2fmri.ingest.synth.truth import is_synth
+from meg2fmri.ingest.synth.writer import write_dataset
 
 
 @contextmanager
@@ -28,7 +29,7 @@ def local_ray(cpus: int | None = None):
 
 def demo_dataset(work: Path) -> Path:
     root = work / "demo-bids"
-    if not (root / TRUTH / "synth_config.json").is_file():
+    if not is_synth(root):
         write_dataset(SynthConfig.from_preset("bench", root), jobs=len(os.sched_getaffinity(0)))
     return root
 

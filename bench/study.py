@@ -14,7 +14,7 @@ Every step is a command of the engine (synth, ingest, synth-oracle, train, evalu
 process; a step that finished leaves a stamp in ``OUT/steps.json`` and is not run again, so a killed
 study started again redoes only the step it was in (and each of those resumes or rewrites whole).
 ``OUT/study.json``, ``OUT/study.md`` and ``OUT/learning_curve.png`` are rewritten after every
-evaluation. Everything here was fixed before any test figure was seen (README: "The study").
+evaluation. Everything here was fixed before any test figure was seen (docs/study.md).
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ class DiskPeak(threading.Thread):
             self.sample()
 
 
-def tool(name: str) -> list[str]:
-    """The engine's command ``name`` as installed beside this interpreter."""
-    return [str(Path(sys.executable).parent / name)]
+def tool(verb: str) -> list[str]:
+    """``meg2fmri VERB`` as installed beside this interpreter."""
+    return [str(Path(sys.executable).parent / "meg2fmri"), verb]
 
 
 class Study:
@@ -200,7 +200,7 @@ class Study:
             "--out", str(self.out / "bids"), "--overwrite", "--seed", str(c.seed), "--block", train,
             "--block", test, "--duration", f"{c.duration:g}", "--shape", c.shape, "--meg-sfreq",
             f"{c.meg_sfreq:g}", "--jobs", str(c.jobs), "--quiet"])
-        self.slice = int(self.step("slice", tool("synth-oracle") + [
+        self.slice = int(self.step("slice", tool("oracle") + [
             "--peak-slice", "--bids-root", str(self.out / "bids"), "--exclude", ",".join(c.held_out)]))
 
     def ingest(self, target: str, size: int) -> None:
@@ -223,7 +223,7 @@ class Study:
             self.step(f"ingest-{target}-{size}", command + [
                 "--from-cache", "--runs", f"1-{size},{c.test_runs}"], before=link_cache)
         if target == "volume" or size == largest:  # a volume's voxels are its own training mask's
-            self.step(self.oracle(target, size).stem, tool("synth-oracle") + [
+            self.step(self.oracle(target, size).stem, tool("oracle") + [
                 "--bids-root", str(self.out / "bids"), "--ingest", str(folder),
                 "--out", str(self.oracle(target, size))])
 
@@ -288,8 +288,10 @@ class Study:
                           for name, d in test["paired_differences"].items()}
                 paired |= {f"{name}-mean_image": {"roi_r": d.get("roi_r"), "voxel_r": d.get("voxel_r")}
                            for name, d in test["paired_differences_minus_mean_image"].items()}
+                index = json.loads((self.ingest_dir(target, size) / "ingest" / "index.json").read_text())
                 curve.setdefault(target, {})[size] = {
                     "hours": self.c.hours(size), "training_stories": size, "runs": test["runs"],
+                    "train_samples": index["counts"]["train"],
                     "samples": test["samples"], "rows": rows, "paired": paired,
                     "roi": result["settings"]["roi"], "ridge": result["settings"]["choices"]["ridge"]}
         return curve
@@ -297,7 +299,14 @@ class Study:
     def report(self) -> dict:
         from .study_report import figure, markdown
 
+        bids = self.out / "bids"
+        if "bids_bytes" not in self.steps.data and bids.is_dir():  # the dataset's size, once
+            done = subprocess.run(["du", "-sb", str(bids)], capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout:
+                self.steps.data["bids_bytes"] = int(done.stdout.split()[0])
+                self.steps.save()
         result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.c).items()},
+                  "bids_bytes": self.steps.data.get("bids_bytes"),
                   "hours": {size: self.c.hours(size) for size in self.c.sizes},
                   "steps": self.steps.data["steps"], "peak_bytes": self.steps.data.get("peak_bytes", 0),
                   "invocations": self.steps.data.get("invocations", []),

@@ -8,6 +8,15 @@ MEG_MODELS = ("cgan", "ridge")  # the models that read the MEG (the cGAN named i
 SHOWN = ("oracle", "cgan", "ridge", "stimulus", "shuffled", "mean_image")
 COMPARED = ("mean_image", "shuffled", "stimulus", "ridge")
 
+# ds004078 (OpenNeuro; ../shared/reference/ds004078-runs.tsv and its file list): 12 subjects x 60 stories
+DS004078 = {"runs": 720, "subjects": 12, "stories": 60, "mean_story_s": 303.5, "meg_gb": 325.0,
+            "bold_gb": 317.0}
+# `bench ingest` (docs/notes/benchmarks.md: a 600-s story on the bench grid, FIF + NIfTI read and written
+# to cache and shards): one worker's rate and the parallel efficiency measured on 2 cores
+INGEST_BENCH = {"mb_per_s_per_worker": 117.0, "efficiency": 0.92}
+# `bench loader --target volume` (docs/notes/benchmarks.md): whole-brain samples/s, one process, CPU
+LOADER_BENCH = {"volume_s3": 1689.0, "volume_local": 11300.0}
+
 
 def interval(ci) -> str:
     return "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
@@ -60,9 +69,17 @@ def headline(sizes: dict) -> list[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
+def fit_of(sizes: dict, name: str) -> dict | None:
+    """The saturating fit of ``name``'s ROI r against hours of training (None below 3 sizes)."""
     from .study import saturating_fit
 
+    ordered = sorted(sizes.items(), key=lambda kv: int(kv[0]))
+    points = [(s["hours"], s["rows"][name]["roi_r"]) for _, s in ordered
+              if name in s["rows"] and s["rows"][name].get("roi_r") is not None]
+    return saturating_fit([h for h, _ in points], [r for _, r in points])
+
+
+def markdown(result: dict) -> str:
     c = result["config"]
     lines = ["# Study: how much data does MEG -> fMRI need?", "",
              f"Seed {c['seed']}; {len(c['subjects']) - len(c['held_out'])} training subjects x stories "
@@ -80,14 +97,13 @@ def markdown(result: dict) -> str:
                   *headline(sizes), ""]
         fits = []
         for name in ("ridge", "stimulus", "cgan"):
-            points = [(s["hours"], s["rows"][name]["roi_r"]) for _, s in sorted(sizes.items(), key=lambda kv:
-                      int(kv[0])) if name in s["rows"] and s["rows"][name].get("roi_r") is not None]
-            fit = saturating_fit([h for h, _ in points], [r for _, r in points])
+            fit = fit_of(sizes, name)
             if fit:
                 fits.append(f"- {name}: r(h) = {fit['asymptote']:.3f} h / (h + {fit['half_hours']:.2f}); 90% "
                             f"of its asymptote at {fit['hours_to_90']:.1f} h of training")
         if fits:
             lines += ["Saturating fit of ROI r against hours (least squares over the sizes):", "", *fits, ""]
+    lines += projection(result)
     steps = result["steps"]
     total = sum(s["seconds"] for s in steps.values())
     runs = [r for r in result.get("invocations", []) if r.get("seconds")]
@@ -98,6 +114,75 @@ def markdown(result: dict) -> str:
               "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in steps.items()]
     return "\n".join(lines) + "\n"
+
+
+def train_rate(result: dict, target: str) -> tuple[float, int] | None:
+    """The cGAN's measured training rate at the largest size: (samples/s, training samples)."""
+    sizes = result["curve"].get(target)
+    if not sizes:
+        return None
+    size = max(sizes, key=int)
+    step = result["steps"].get(f"train-{target}-{size}-cgan")
+    samples = sizes[size].get("train_samples")
+    if not step or not samples:
+        return None
+    epochs = result["config"]["epochs" if target == "slice" else "volume_epochs"]
+    return samples * epochs / step["seconds"], samples
+
+
+def projection(result: dict) -> list[str]:
+    """The same design on ds004078's 720 runs: its data, ingest on a 16-core node, training time."""
+    c, ds, ing = result["config"], DS004078, INGEST_BENCH
+    held = len(c["held_out"])
+    train_runs = (ds["subjects"] - held) * (ds["stories"] - c["test_stories"])
+    train_hours = train_runs * ds["mean_story_s"] / 3600
+    gb = ds["meg_gb"] + ds["bold_gb"]
+    worker_h = gb * 1e3 / ing["mb_per_s_per_worker"] / 3600
+    node_min = worker_h * 60 / (16 * ing["efficiency"])
+    ratio = train_hours / max(result["hours"].values())
+    lines = [
+        "## Projected onto ds004078", "",
+        f"The same design on ds004078 ({ds['runs']} runs, {ds['subjects']} subjects x {ds['stories']} "
+        f"stories of {ds['mean_story_s']:.1f} s on average, {ds['meg_gb']:.0f} GB MEG + "
+        f"{ds['bold_gb']:.0f} GB BOLD): "
+        f"{ds['subjects'] - held} training subjects x {ds['stories'] - c['test_stories']} stories = "
+        f"{train_runs} runs, {train_hours:.1f} h of training data ({ratio:.1f}x this study's largest size), "
+        f"tested on {held} subjects x {c['test_stories']} stories.", "",
+        f"- Ingest: {gb:.0f} GB at {ing['mb_per_s_per_worker']:.0f} MB/s per worker (`bench ingest`) is "
+        f"{worker_h:.1f} h on one worker, about {node_min:.0f} min on a 16-core node at the "
+        f"{ing['efficiency']:.0%} parallel efficiency measured on 2 cores, if S3 delivers "
+        f"{16 * ing['mb_per_s_per_worker'] / 1e3:.1f} GB/s (not run on a cluster)."]
+    for target, sizes in result["curve"].items():
+        for name in ("ridge", "cgan"):
+            fit = fit_of(sizes, name)
+            if fit:
+                at = fit["asymptote"] * train_hours / (train_hours + fit["half_hours"])
+                lines.append(f"- Learning curve, {target} {name}: at {train_hours:.1f} h the fit gives ROI r "
+                             f"{at:.3f} ({at / fit['asymptote']:.0%} of its asymptote "
+                             f"{fit['asymptote']:.3f}); "
+                             "an extrapolation beyond the sizes measured, not a measurement.")
+    ingest = result["steps"].get(f"ingest-slice-{max(c['sizes'])}")
+    if result.get("bids_bytes") and ingest:
+        study_gb = result["bids_bytes"] / 1e9
+        lines.append(f"- This study's own ingest: {study_gb:.1f} GB of BIDS (MEG at {c['meg_sfreq']:g} Hz) "
+                     "in "
+                     f"{ingest['seconds']:.0f} s on {c['jobs']} workers = "
+                     f"{study_gb * 1e3 / ingest['seconds']:.0f} MB/s.")
+    samples = train_runs * ds["mean_story_s"] / 0.71  # one sample per volume
+    for target in ("slice", "volume"):
+        rate = train_rate(result, target)
+        if rate is not None:
+            lines.append(f"- Training, {target} targets: the cGAN trained at {rate[0]:,.0f} samples/s on "
+                         "this "
+                         f"machine's 2 CPU cores ({rate[1]:,} training samples); ds004078's {samples:,.0f} "
+                         f"would take {samples / rate[0] / 3600:.1f} h per epoch here.")
+    lines += [
+        "- On a GPU: not measured (no GPU was lent to this task). The loader alone delivers whole-brain "
+        f"samples at {LOADER_BENCH['volume_local']:,.0f}/s from local shards and "
+        f"{LOADER_BENCH['volume_s3']:,.0f}/s from S3 in one CPU process (`bench loader --target volume`), so "
+        f"an epoch of ds004078 cannot be fed faster than {samples / LOADER_BENCH['volume_s3'] / 60:.0f} min "
+        "from S3 per process; the GPU's own step time is unknown until `bench train` runs on one.", ""]
+    return lines
 
 
 def figure(result: dict, path: Path) -> None:

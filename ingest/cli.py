@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from meg2fmri import commands
 from meg2fmri.shards.split import run_list
 
 
@@ -38,18 +39,6 @@ def location(text: str) -> str:
     return str(Path(text.removeprefix("file://")).absolute())
 
 
-def json_object(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--storage-options is not JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingest",
@@ -73,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the raw files; events and sidecars still come from the raw tree")
     p.add_argument("--from-cache", action="store_true",
                    help="re-pair from OUT/cache.zarr without touching any FIF or NIfTI file")
-    pairing = p.add_argument_group("pairing (see README: 'Ingest')")
+    pairing = p.add_argument_group("pairing (docs/guide/ingest.md)")
     pairing.add_argument("--pairing", choices=["windows", "paper"], default="windows",
                          help="paper: one pair per run, exactly as the paper's text; windows: an epoch "
                          "every --stride s of the story paired with the volume --lag s later")
@@ -102,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     pairing.add_argument("--atlas", type=str, default=None, metavar="FILE.nii.gz",
                          help="parcels: an integer label image (e.g. a Schaefer or Harvard-Oxford atlas "
                          "you downloaded), resampled to each run's grid; nothing is downloaded")
-    split = p.add_argument_group("split (train / test / seen_story / seen_subject; see README: 'Splits')")
+    split = p.add_argument_group("split (train / test / seen_story / seen_subject; docs/guide/ingest.md)")
     split.add_argument("--held-out", "--held-out-subjects", dest="held_out", type=id_list, default=None,
                        metavar="01,02",
                        help="held-out subjects (default: the highest-numbered female and male)")
@@ -115,16 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="address of an existing Ray cluster (e.g. ray://head:10001 or auto); with no shared "
                    "disk, give s3:// for --bids-root and --out (every node reads and writes S3 itself)")
-    s3 = p.add_argument_group("object storage (s3://)")
-    s3.add_argument("--endpoint-url", default=None,
-                    help="S3 endpoint for both --bids-root and --out (MinIO, Ceph, a test server); default: "
-                    "AWS. Credentials and region come the standard AWS way (environment, profile, role)")
-    s3.add_argument("--anon", action=argparse.BooleanOptionalAction, default=None,
-                    help="anonymous (unsigned) reads of an s3:// --bids-root, as for public buckets like "
-                    "OpenNeuro's; default: anonymous when no AWS credentials are found. --out always signs")
-    s3.add_argument("--storage-options", type=json_object, default={}, metavar="JSON",
-                    help='more s3fs options for both ends, e.g. \'{"client_kwargs": {"region_name": '
-                    '"us-east-1"}}\' (the loader and train take the same)')
+    commands.add_storage_options(p, "both --bids-root and --out (--anon: reads of an s3:// --bids-root "
+                                 "only; default: anonymous when no AWS credentials are found; --out always "
+                                 "signs)")
     p.add_argument("--on-duplicate", choices=["warn", "skip", "raise"], default="warn",
                    help="runs whose decoded MEG or BOLD is identical to another run's (ds004078: the MEG of "
                    "sub-05 and sub-06, runs 58-60): warn and keep all, skip all but the first, or stop")
@@ -133,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset): new shards are written beside the old ones and the new index replaces the old "
                    "in one step, so a reader never sees a mix; without it such an --out is refused, naming "
                    "the options that differ")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_verbosity(p)
     return p
 
 
@@ -141,14 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # A local Ray must listen on loopback only; read by Ray when it is imported.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from meg2fmri.shards.errors import Meg2fmriError, exit_status
-
     from .config import IngestConfig
     from .driver import run_ingest, summary_table
     from .pairing import PairingConfig
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
+
+    def work() -> int:
         config = IngestConfig(
             bids_root=args.bids_root, out=args.out, subjects=args.subjects, runs=args.runs,
             pairing=PairingConfig(pairing=args.pairing, features=args.features, size=args.size,
@@ -158,17 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             preprocessed=args.preprocessed, from_cache=args.from_cache, held_out=args.held_out,
             held_out_stories=args.held_out_stories, shard_samples=args.shard_samples, workers=args.workers,
             ray_address=args.ray_address, anon=args.anon, on_duplicate=args.on_duplicate,
-            overwrite=args.overwrite,
-            storage_options=args.storage_options | (
-                {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}))
+            overwrite=args.overwrite, storage_options=commands.storage_options(args, anon=False))
         report = run_ingest(config, progress=not args.quiet)
-    except Meg2fmriError as err:
-        print(f"ingest: error: {err}", file=sys.stderr)
-        return exit_status(err)
-    print(summary_table(report))
-    if report.index is not None:
-        print(f"index: {config.output().url_of('index.json')}")
-    return 1 if report.failed or report.index is None else 0
+        print(summary_table(report))
+        if report.index is not None:
+            print(f"index: {config.output().url_of('index.json')}")
+        return commands.PARTIAL if report.failed or report.index is None else commands.OK
+
+    return commands.run("ingest", args, work)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def start_ray(config: IngestConfig):
         ray.init(address=config.ray_address, configure_logging=False, log_to_driver=False)
     else:
         cpus = config.workers or len(os.sched_getaffinity(0))
+        # Ray turns token authentication on for a new local cluster and says so on stderr in every
+        # ingest; asking for it by name keeps it on (a token in ~/.ray) without the message
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=False, log_to_driver=False)
     return ray, True
@@ -200,7 +203,14 @@ def write_mask(config: IngestConfig, results: list[dict], training: list[dict]) 
 
 
 def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
-    """The index's ``target``: kind, shape and dtype, with what a reader needs to place the values."""
+    """The index's ``target``: kind, shape and dtype, with what a reader needs to place the values,
+    and the runs' repetition time ``tr`` (s) when they share one."""
+    trs = {round(r["fmri_tr"], 6) for r in results if r["ok"] and r.get("fmri_tr")}
+    entry = place_target(config, choice, results)
+    return entry | {"tr": trs.pop()} if len(trs) == 1 else entry
+
+
+def place_target(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
     p = config.pairing
     if p.target == "slice":
         entry = {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}

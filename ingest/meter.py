@@ -6,7 +6,7 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-# Measured with `bench ingest` (README "Benchmarks"): a task's peak resident memory above its start
+# Measured with `bench ingest` (docs/notes/benchmarks.md): a task's peak resident memory above its start
 # is at most about this many times its two input files' bytes (MNE decodes the FIF to float64; the
 # BOLD is gunzipped); the base covers the worker's own libraries and buffers.
 MEMORY_PER_INPUT_BYTE = 2.0  # measured at most 1.18 (bench preset runs) and 1.04 (a 600-s story)

@@ -104,6 +104,7 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
             decoded_mb = decode_run(task, config, lap)
             cached = cache.read_run(out, task.subject, task.run)
         common = {**head, "ok": True, "decoded": decoded_mb > 0, "digests": cached.attrs.get("digests", {}),
+                  "fmri_tr": cached.attrs.get("fmri_tr"),
                   "decoded_mb": decoded_mb, "seconds": seconds}
         if needs_survey(config.pairing):
             return {**common, **survey(cached, config.pairing),

@@ -1,8 +1,8 @@
-"""``shards``: check, describe and convert the shards that ``ingest`` wrote (local, file:// or s3://).
+"""``meg2fmri shards``: check, describe and convert the shards ``ingest`` wrote (local, file://, s3://).
 
-    shards verify demo-output/ingest             # sha256 + layout of every shard; exit 1 if any is bad
-    shards info s3://bucket/shards --endpoint-url http://127.0.0.1:9000
-    shards to-zarr demo-output/ingest demo-output/samples.zarr
+    meg2fmri shards verify demo-output/ingest    # sha256 + layout of every shard; exit 1 if any is bad
+    meg2fmri shards info s3://bucket/shards --endpoint-url http://127.0.0.1:9000
+    meg2fmri shards to-zarr demo-output/ingest demo-output/samples.zarr
 """
 
 from __future__ import annotations
@@ -11,25 +11,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from meg2fmri.shards.commit import Location
-from meg2fmri.shards.errors import Meg2fmriError, exit_status
-from meg2fmri.shards.split import SPLITS
-
-from .decode import SampleLayout, shard_arrays
-from .storage import StoreConfig, open_store
+from meg2fmri import commands
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="shards", description=__doc__,
+    parser = argparse.ArgumentParser(prog="meg2fmri shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("source", help="shard folder or index.json: a path, file:// or s3://bucket/prefix URL")
-        p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS itself)")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        commands.add_storage_options(p, "an s3:// SOURCE")
+        commands.add_verbosity(p)
 
     common(sub.add_parser("verify", help="check each shard's size, sha256 and layout against the index"))
     common(sub.add_parser("info", help="print the index summary: counts, split, features, shards"))
@@ -41,7 +34,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def verify(source: str, config: StoreConfig, progress: bool) -> int:
+def verify(source: str, config, progress: bool) -> int:
+    from tqdm import tqdm
+
+    from meg2fmri.shards.errors import Meg2fmriError
+
+    from .decode import SampleLayout, shard_arrays
+    from .storage import open_store
+
     store = open_store(source, config)
     index = store.read_index()
     layout = SampleLayout.from_index(index)
@@ -59,7 +59,11 @@ def verify(source: str, config: StoreConfig, progress: bool) -> int:
     return 1 if bad else 0
 
 
-def info(source: str, config: StoreConfig) -> int:
+def info(source: str, config) -> int:
+    from meg2fmri.shards.split import SPLITS
+
+    from .storage import open_store
+
     index = open_store(source, config).read_index()
     print(f"dataset   {index.dataset.get('name', '?')} ({index.dataset.get('fingerprint', '')[:12]})")
     target = index.target
@@ -78,9 +82,13 @@ def info(source: str, config: StoreConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
-    config = StoreConfig(storage_options=options)
-    try:
+
+    def work() -> int:
+        from meg2fmri.shards.commit import Location
+
+        from .storage import StoreConfig
+
+        config = StoreConfig(storage_options=commands.storage_options(args))
         if args.command == "verify":
             return verify(args.source, config, not args.quiet)
         if args.command == "info":
@@ -91,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         out = export_zarr(args.source, args.out, store=config, rows_per_chunk=args.rows_per_chunk,
                           progress=not args.quiet, overwrite=args.overwrite)
         print(f"zarr samples: {out}")
-        return 0
-    except Meg2fmriError as err:
-        print(f"shards: error: {err}", file=sys.stderr)
-        return exit_status(err)
+        return commands.OK
+
+    return commands.run("shards", args, work)
 
 
 if __name__ == "__main__":

@@ -312,12 +312,16 @@ def s3_client(options: dict):
     for name, boto_name in known.items():
         if options.get(name) is not None:
             client_kwargs[boto_name] = options.pop(name)
-    options.pop("anon", None)
+    anon = bool(options.pop("anon", False))  # --anon: unsigned requests, as s3fs's anon=True
     if options:
         raise InputError(f"storage_options {sorted(options)} are not understood; use key, secret, token, "
-                         f"endpoint_url or client_kwargs")
+                         f"endpoint_url, anon or client_kwargs")
     config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30,
                     max_pool_connections=16)
+    if anon:
+        from botocore import UNSIGNED
+
+        config = config.merge(Config(signature_version=UNSIGNED))
     return boto3.session.Session().client("s3", config=config, **client_kwargs)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.errors import EmptySplitError, InputError
 from meg2fmri.shards.index import SPLITS
 
 from .dataset import ShardDataset, StreamConfig
@@ -68,7 +68,7 @@ class ShardLoader:
         self.dataset = ShardDataset(self.store, split, self.stream, rank=self.rank, world=self.world_size,
                                     pin_memory=self.device.type == "cuda")
         if not self.dataset.entries:
-            raise InputError(f"{self.store.url}: the index has no {split!r} shards")
+            raise EmptySplitError(f"{self.store.url}: the index has no {split!r} shards")
         self.index = self.dataset.index
         self.epoch, self.position, self.skipped = 0, 0, 0
 

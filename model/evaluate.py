@@ -17,8 +17,8 @@ inter-subject correlation of the same story). Predictions are written per set an
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,17 +28,19 @@ import torch
 
 from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
 from meg2fmri.shards.commit import Location
-from meg2fmri.shards.errors import InputError
+from meg2fmri.shards.errors import EmptySplitError, InputError
 from meg2fmri.shards.format import TargetLayout
 from meg2fmri.shards.split import EVALUATION_SETS
 
 from . import baselines, figures, report, volume_maps
+from .checkpoint import load_checkpoint
+from .configs import VARIANTS, EvalConfig
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
 from .nets import from_tanh
-from .outputs import CHECKPOINT, load_checkpoint_file, location, put_json, put_nifti, put_npz, put_text
+from .outputs import CHECKPOINT, location, put_json, put_nifti, put_npz, put_text
 from .roi import training_roi
 from .stats import cluster_bootstrap, resampling_unit, shift_null
-from .train import VARIANTS, generator_from_checkpoint
+from .train import generator_from_checkpoint
 
 HEADLINE = "cgan"  # the project's model, named before any result was seen (every row is reported)
 # rows that are not MEG models (shuffled sees the MEG but not its pairing with the image)
@@ -46,37 +48,7 @@ NOT_MEG_MODELS = {"mean_image", "shuffled", "stimulus", "story_clock", "oracle",
 COMPARATORS = {"mean_image", "shuffled", "stimulus", "story_clock", "oracle_signal"}
 RUN_METRICS = ("voxel_r", "change_r2", "mse", "ssim", "mse_mask", "ssim_mask")
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    shards: str
-    runs: str | None  # folder holding one run folder per variant (cgan/, ...); None: baselines only
-    out: str
-    mask_fraction: float = 0.2
-    bootstrap: int = 2000
-    null_draws: int = 2000
-    min_shift_s: float = 15.0  # circular shifts of at least this many seconds (about 2 HRF lengths)
-    seed: int = 0
-    storage_options: dict | None = None
-    oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
-    bids_root: str | None = None  # for the stimulus baseline (stimuli/audio/story_N.wav)
-    extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
-    roi: str | None = None  # an roi.npz written by evaluate (of more training data): the ROI, not chosen here
-
-    def __post_init__(self):
-        if not 0 < self.mask_fraction < 1:
-            raise InputError(f"--mask-fraction must be between 0 and 1, got {self.mask_fraction}")
-        if self.bootstrap < 1 or self.null_draws < 1:
-            raise InputError(f"--bootstrap and --null-draws must be at least 1, got {self.bootstrap}, "
-                             f"{self.null_draws}")
-        if not self.min_shift_s >= 0:
-            raise InputError(f"--min-shift must be >= 0 s, got {self.min_shift_s}")
-        for item in self.extra:
-            if len(item) != 2 or not item[0] or not item[1]:
-                raise InputError(f"--extra {'='.join(item)}: expected NAME=RUN_DIR")
-
-    def output(self):
-        return location(self.out, self.storage_options)
+log = logging.getLogger("meg2fmri")
 
 
 @dataclass
@@ -102,10 +74,8 @@ def load_split(config: EvalConfig, split: str) -> tuple[EvalSet | None, object]:
             rank=0,
             world_size=1,
         )
-    except InputError as err:
-        if "has no" in str(err):
-            return None, None
-        raise
+    except EmptySplitError:
+        return None, None
     meg, fmri, meta = [], [], []
     for batch in loader:
         meg.append(batch["meg"].numpy())
@@ -133,16 +103,14 @@ def run_groups(meta: list[dict]) -> list[np.ndarray]:
 
 def generator_predictions(run: str, meg: np.ndarray, width: int, target: TargetLayout,
                           storage_options: dict | None = None) -> np.ndarray:
-    state = load_checkpoint_file(run, storage_options, option="--runs")
-    model = state["model"]
-    keep = model["feature_index"]
-    trained = model.get("target", {"kind": "slice", "shape": [model["size"]] * 2})
-    if list(trained["shape"]) != list(target.shape) or len(keep) != model["width"] or max(keep) >= width:
+    state, card = load_checkpoint(run, storage_options, option="--runs")
+    keep = list(card.feature_index)
+    if tuple(card.target.shape) != tuple(target.shape) or max(keep) >= width:
         raise InputError(
-            f"{run}/{CHECKPOINT}: trained on {model['width']} features x {trained['kind']} "
-            f"{trained['shape']}, the shards give {width} x {target.kind} {list(target.shape)}"
+            f"{run}/{CHECKPOINT}: trained on {card.width} features x {card.target.kind} "
+            f"{list(card.target.shape)}, the shards give {width} x {target.kind} {list(target.shape)}"
         )
-    generator = generator_from_checkpoint(state)
+    generator = generator_from_checkpoint(state, card)
     with torch.no_grad():
         out = from_tanh(generator(torch.from_numpy(meg[:, keep]))).clamp(0, 1)
     return (out[:, 0] if target.kind == "slice" else out).numpy()
@@ -467,8 +435,8 @@ def evaluate(config: EvalConfig) -> dict:
             roi, roi_choice = None, {"not_chosen": str(err)}
     missing = index.missing_runs()
     if missing:  # a partial dataset is said, here and in results.md
-        print(f"evaluate: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest "
-              "could not use them):\n" + "\n".join(f"  {line}" for line in missing), file=sys.stderr)
+        log.warning(f"evaluate: warning: {len(missing)} run(s) of the dataset are not in these shards "
+                    "(ingest could not use them):\n" + "\n".join(f"  {line}" for line in missing))
     predictions, chosen = predict(config, train, sets, mean_image, target)
     rng = np.random.default_rng(config.seed)
     results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng, roi) for ev in sets}

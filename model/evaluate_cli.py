@@ -1,9 +1,10 @@
-"""``evaluate``: score the trained variants and baselines on every evaluation set.
+"""``meg2fmri evaluate``: score the trained variants and baselines on every evaluation set.
 
 Examples:
-    evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval \
+    meg2fmri evaluate --shards demo-output/ingest --runs demo-output/runs --out demo-output/eval \
         --bids-root demo-output/bids --oracle demo-output/oracle.npz
-    evaluate --protocol paper --shards demo-output/paper/ingest --runs demo-output/paper/runs --out ...
+    meg2fmri evaluate --protocol paper --shards demo-output/paper/ingest --runs demo-output/paper/runs \
+        --out ...
 
 Sets: test (held-out subjects x held-out stories), seen_story, seen_subject. Writes OUT/results.json,
 OUT/results.md (a table per set with run-level intervals and circular-shift p-values),
@@ -16,19 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from meg2fmri.shards.commit import Location, write_atomic
-from meg2fmri.shards.errors import Meg2fmriError, exit_status
+from meg2fmri import commands
 
-from .evaluate import EvalConfig, evaluate
-from .paper import paper_markdown, paper_protocol
-from .report import markdown
+from .configs import EvalConfig
+
+log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="meg2fmri evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
     p.add_argument("--runs", default=None,
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paper: only the paper's MSE and scikit-image SSIM (7x7, per-image range) of every "
                         "run and the mean image, beside the paper's 0.046 / 0.622 (default: standard)")
     p.add_argument("--oracle", default=None,
-                   help="synthetic data: the .npz from `synth-oracle`, scored as the `oracle` row")
+                   help="synthetic data: the .npz from `meg2fmri oracle`, scored as the `oracle` row")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="score another run on the same held-out pairs as row NAME (repeatable), e.g. a cGAN "
                         "trained on --pairing paper shards with the same features")
@@ -62,37 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the ROI of this roi.npz (written by an evaluation of the same target, e.g. "
                    "on a larger training set: a learning curve's sizes share one ROI) instead of choosing "
                    "one from these shards' training split")
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    commands.add_storage_options(p, "s3:// --shards, --runs and --out")
+    commands.add_verbosity(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> None:
+        from meg2fmri.shards.commit import Location, write_atomic
+
         config = EvalConfig(shards=args.shards, runs=args.runs, out=args.out,
                             mask_fraction=args.mask_fraction,
                             bootstrap=args.bootstrap, null_draws=args.null_draws, min_shift_s=args.min_shift,
                             oracle=args.oracle, bids_root=args.bids_root, roi=args.roi,
                             extra=tuple(tuple(item.split("=", 1)) for item in args.extra),
-                            storage_options=({"endpoint_url": args.endpoint_url} if args.endpoint_url
-                                             else None))
+                            storage_options=commands.storage_options(args) or None)
         if args.json is not None:
             Location(args.json.absolute().parent).check_writable("--json")
-        result = paper_protocol(config) if args.protocol == "paper" else evaluate(config)
-    except Meg2fmriError as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return exit_status(err)
-    if args.protocol == "paper":
-        print(paper_markdown(result))
-        print(f"evaluate: {args.out}/paper_protocol.md and paper_protocol.json")
-        return 0
-    print(markdown(result))
-    if args.json is not None:
-        write_atomic(args.json, (json.dumps(result, indent=1) + "\n").encode())
-    made = ("maps/SET/METHOD_r.nii.gz, _r2.nii.gz, _r.png" if "maps" in next(iter(result["sets"].values()))
-            else "pairs.png, changes.png, training_curves.png, slice_selection.png")
-    print(f"evaluate: results and figures in {args.out} (results.md, results.json, predictions/, {made})")
-    return 0
+        from .evaluate import evaluate  # torch, once the arguments are good
+        from .paper import paper_markdown, paper_protocol
+        from .report import markdown
+
+        if args.protocol == "paper":
+            print(paper_markdown(paper_protocol(config)))
+            log.info(f"evaluate: {args.out}/paper_protocol.md and paper_protocol.json")
+            return
+        result = evaluate(config)
+        print(markdown(result))
+        if args.json is not None:
+            write_atomic(args.json, (json.dumps(result, indent=1) + "\n").encode())
+        volume = "maps" in next(iter(result["sets"].values()))
+        made = ("maps/SET/METHOD_r.nii.gz, _r2.nii.gz, _r.png" if volume
+                else "pairs.png, changes.png, training_curves.png, slice_selection.png")
+        log.info(f"evaluate: results and figures in {args.out} (results.md, results.json, predictions/, "
+                 f"{made})")
+
+    return commands.run("evaluate", args, work)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 The recording goes through ingest's own code (``ingest.preprocess.preprocess_meg_file``: read once,
 resample to 100 Hz, z-score each channel; ``ingest.pairing.meg_features``: the model's features over
-its epochs), never a copy of it. Epochs start every TR (0.71 s) from the story onset; the epoch
-starting at story time ``tau`` predicts the volume acquired at ``tau + lag`` (the model's lag), as
-ingest paired them. The output holds the model's predictions in the units it was trained on: BOLD
-min-max normalised over a run to [0, 1] (a new subject's scanner scale is unknown).
+its epochs), never a copy of it. Epochs start every TR (the model card's: the TR it was trained on)
+from the story onset; the epoch starting at story time ``tau`` predicts the volume acquired at
+``tau + lag`` (the model's lag), as ingest paired them. The output holds the model's predictions in
+the units it was trained on: BOLD min-max normalised over a run to [0, 1] (a new subject's scanner
+scale is unknown).
 
 - volume targets: a 4D NIfTI on the training grid and affine, the voxels outside the training mask 0;
 - slice targets: an ``S x S x 1 x T`` NIfTI (its affine places the resized slice in the training grid);
@@ -20,7 +21,6 @@ through the very preprocessing the model was trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -32,49 +32,27 @@ from meg2fmri.ingest.pairing import PairingConfig, feature_names, meg_features
 from meg2fmri.ingest.preprocess import MEG_SFREQ, preprocess_meg_file
 from meg2fmri.shards.errors import InputError
 
+from .checkpoint import ModelCard, load_checkpoint
+from .configs import GenerateConfig
 from .nets import from_tanh
-from .outputs import checkpoint_of, load_checkpoint_file, location, put_figure, put_json, put_nifti, put_text
+from .outputs import checkpoint_of, location, put_figure, put_json, put_nifti, put_text
 from .train import generator_from_checkpoint
 
-TR = 0.71  # s, ds004078's repetition time: the output's sampling
 
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    model: str  # a train --out folder (or its checkpoint.pt)
-    meg: str  # a FIF path or s3:// URL
-    # FILE.nii.gz (or .tsv for parcels), or a folder (or s3:// prefix) for a BIDS derivatives tree;
-    # default: the FIF's name with desc-meg2fmri_bold.nii.gz, here
-    out: str | None = None
-    events: Path | None = None  # BIDS events.tsv of the recording (Beg/End rows, or onset + duration)
-    start: float | None = None  # s from the file start
-    stop: float | None = None
-    storage_options: dict = field(default_factory=dict)
-    batch_size: int = 256
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.start is not None and self.start < 0:
-            raise InputError(f"--start must be >= 0 s (from the file start), got {self.start}")
-        if self.stop is not None and self.stop <= (self.start or 0.0):
-            raise InputError(f"--stop {self.stop} must be after --start {self.start or 0.0}")
-
-
-def load_model(path: str, storage_options: dict | None = None) -> tuple[dict, str]:
-    """The checkpoint's state and its URL (a folder, its ``checkpoint.pt``, or an ``s3://`` prefix)."""
+def load_model(path: str, storage_options: dict | None = None) -> tuple[dict, ModelCard, str]:
+    """The checkpoint's state, card and URL (a folder, its ``checkpoint.pt``, or an ``s3://`` prefix)."""
     folder, name = checkpoint_of(path, storage_options)
     checkpoint = folder.url_of(name)
     digest: list[str] = []
-    state = load_checkpoint_file(path, storage_options, digest=digest)
+    state, card = load_checkpoint(path, storage_options, digest=digest)
     state["sha256"] = digest[0]
-    model = state["model"]
-    if "placement" not in model or "feature_names" not in model:
+    if not card.placement or not card.feature_names:
         raise InputError(f"{checkpoint}: trained before `generate` existed (no grid or feature names "
                          "saved); train it again")
-    if model["pairing"].get("pairing") == "paper":
+    if card.pairing.get("pairing") == "paper":
         raise InputError(f"{checkpoint}: trained on --pairing paper (one pair per run, no time course); "
                          "generate needs a model trained on --pairing windows shards")
-    return state, checkpoint
+    return state, card, checkpoint
 
 
 NOT_MEG_DATATYPES = ("func", "anat", "fmap", "dwi", "perf", "beh", "eeg", "ieeg", "pet", "nirs")
@@ -153,21 +131,21 @@ def model_channels(names: list[str], kind: str) -> list[str]:
     return list(dict.fromkeys(name.split(":", 1)[0] for name in names))
 
 
-def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray, dict]:
+def recording_features(config: GenerateConfig, card: ModelCard) -> tuple[np.ndarray, dict]:
     """The model's input vectors ``(T, width)`` for every TR of the story, and the timing facts."""
     meg = preprocess_meg_file(config.meg, Path(str(config.meg)).name, None, onset=0.0,
                               storage_options=config.storage_options)
     samples = meg.data.shape[1]
     recording_s = samples / MEG_SFREQ
     onset, duration, how = story_span(config, recording_s)
-    pairing = model["pairing"]
+    pairing, tr = card.pairing, card.tr
     length = round(pairing["epoch"] * MEG_SFREQ)
     if onset < 0 or onset + duration > recording_s + 1e-6 or duration < length / MEG_SFREQ:
         raise InputError(f"{config.meg}: the time range {onset:.2f}-{onset + duration:.2f} s ({how}) is "
                          f"outside the recording (0-{recording_s:.2f} s) or shorter than one "
                          f"{pairing['epoch']} s epoch; pass --start/--stop within it")
-    kind, names = model["features"], model["feature_names"]
-    used = [names[i] for i in model["feature_index"]]
+    kind, names = card.features, list(card.feature_names)
+    used = [names[i] for i in card.feature_index]
     # band power is per channel: only the channels of the features used are needed; a mean feature is
     # z-scored across every channel of the training vector, so all of them enter each one
     needed = model_channels(names if kind == "mean" else used, kind)
@@ -182,8 +160,8 @@ def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray,
                          f"in this recording (e.g. {missing[:3]}); " + why.format(n=len(needed)))
     rows = [meg.ch_names.index(c) for c in needed]
     first = round(onset * MEG_SFREQ)
-    starts = [first + round(i * TR * MEG_SFREQ) for i in range(int(duration // TR) + 1)
-              if i * TR + length / MEG_SFREQ <= duration + 1e-9]
+    starts = [first + round(i * tr * MEG_SFREQ) for i in range(int(duration // tr) + 1)
+              if i * tr + length / MEG_SFREQ <= duration + 1e-9]
     starts = [s for s in starts if s + length <= samples]
     if pairing.get("fir_lags"):  # its bins end at each volume: the recording must hold them
         second, shift = round(MEG_SFREQ), round(pairing["lag"] * MEG_SFREQ)
@@ -198,7 +176,7 @@ def recording_features(config: GenerateConfig, model: dict) -> tuple[np.ndarray,
     names_of = PairingConfig(features=kind, power=scale, fir_lags=fir_lags)
     column = {name: i for i, name in enumerate(feature_names(names_of, needed))}
     timing = {"story_onset_s": onset, "story_duration_s": duration, "found_by": how,
-              "epochs": len(starts), "epoch_s": pairing["epoch"], "lag_s": pairing["lag"]}
+              "epochs": len(starts), "epoch_s": pairing["epoch"], "lag_s": pairing["lag"], "tr_s": tr}
     return features[:, [column[name] for name in used]], timing
 
 
@@ -262,7 +240,7 @@ def dataset_description() -> dict:
                              "CodeURL": "https://pypi.org/project/meg2fmri/"}]}
 
 
-def series_image(pred: np.ndarray, placement: dict) -> nib.Nifti1Image:
+def series_image(pred: np.ndarray, placement: dict, tr: float) -> nib.Nifti1Image:
     """The predictions as a 4D NIfTI on the training grid (volume) or in its slice plane (slice)."""
     if placement["kind"] == "volume":
         mask = np.unpackbits(placement["mask_bits"])[:int(np.prod(placement["grid"]))]
@@ -281,13 +259,13 @@ def series_image(pred: np.ndarray, placement: dict) -> nib.Nifti1Image:
             affine = np.array(placement["affine"]) @ to_grid
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
-    img.header.set_zooms((*img.header.get_zooms()[:3], TR))
+    img.header.set_zooms((*img.header.get_zooms()[:3], tr))
     img.set_sform(affine, code=2)
     img.set_qform(affine, code=2)
     return img
 
 
-def montage(pred: np.ndarray, placement: dict, out, rel: str, title: str) -> None:
+def montage(pred: np.ndarray, placement: dict, tr: float, out, rel: str, title: str) -> None:
     """Eight frames evenly spaced in time (slice targets) or the middle axial slice of eight frames'
     change from the series mean (volume targets); a line plot for parcels."""
     import matplotlib
@@ -298,12 +276,12 @@ def montage(pred: np.ndarray, placement: dict, out, rel: str, title: str) -> Non
     frames = np.linspace(0, len(pred) - 1, min(8, len(pred))).astype(int)
     if placement["kind"] == "parcels":
         fig, ax = plt.subplots(figsize=(8, 3))
-        ax.plot(np.arange(len(pred)) * TR, pred)
+        ax.plot(np.arange(len(pred)) * tr, pred)
         ax.set(xlabel="s after the first volume", ylabel="normalised BOLD", title=title)
     else:
         fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames), 2.4), squeeze=False)
         if placement["kind"] == "volume":
-            img = series_image(pred, placement).get_fdata()
+            img = series_image(pred, placement, tr).get_fdata()
             z = img.shape[2] // 2
             images = [img[:, :, z, t] - img[:, :, z].mean(axis=-1) for t in frames]
         else:
@@ -312,7 +290,7 @@ def montage(pred: np.ndarray, placement: dict, out, rel: str, title: str) -> Non
         for ax, image, t in zip(axes[0], images, frames, strict=True):
             ax.imshow(image.T if placement["kind"] == "volume" else image, origin="lower", cmap="RdBu_r",
                       vmin=-peak, vmax=peak)
-            ax.set_title(f"{t * TR:.1f} s", fontsize=8)
+            ax.set_title(f"{t * tr:.1f} s", fontsize=8)
             ax.axis("off")
         fig.suptitle(title, fontsize=9)
     put_figure(out, rel, fig, dpi=80, bbox_inches="tight")
@@ -322,35 +300,35 @@ def montage(pred: np.ndarray, placement: dict, out, rel: str, title: str) -> Non
 def generate(config: GenerateConfig) -> dict:
     """Write the synthetic series, its sidecar and montage; return the sidecar. The model, the output's
     place and the recording's time range are checked before the recording is read."""
-    state, checkpoint = load_model(config.model, config.storage_options)
-    model = state["model"]
-    placement = model["placement"]
+    state, card, checkpoint = load_model(config.model, config.storage_options)
+    placement = card.placement
     folder, name, root = output_path(config, placement["kind"])
     writing = {k: v for k, v in config.storage_options.items() if k != "anon"}  # outputs are signed
     out = location(folder, writing if folder.startswith("s3://") else None)
     out.check_writable()
     if config.events is not None:  # before the recording is read: the right file, readable
         story_span(config, float("inf"))
-    features, timing = recording_features(config, model)
-    pred = predict(generator_from_checkpoint(state), features, config.batch_size, config.progress)
+    features, timing = recording_features(config, card)
+    pred = predict(generator_from_checkpoint(state, card), features, config.batch_size, config.progress)
     stem = name.removesuffix(".gz").removesuffix(".nii").removesuffix(".tsv")
     if placement["kind"] == "parcels":
         header = "\t".join(f"label-{label}" for label in placement["labels"])
         put_text(out, name, "\n".join([header, *("\t".join(f"{v:.6f}" for v in row) for row in pred)]) + "\n")
     else:
-        put_nifti(out, name, series_image(pred, placement))
+        put_nifti(out, name, series_image(pred, placement, card.tr))
     sidecar = {
         "Description": "Synthetic BOLD predicted from MEG by meg2fmri (not a recording). Values are BOLD "
                        "min-max normalised over a run to [0, 1], the units the model was trained on.",
         "GeneratedBy": [{"Name": "meg2fmri", "Version": package_version(),
                          "Description": "generate (model/generate.py)"}],
         "Sources": [str(config.meg)],
-        "RepetitionTime": TR,
+        "RepetitionTime": card.tr,
         "Model": {"checkpoint": checkpoint, "sha256": state["sha256"],
-                  "variant": state["config"]["variant"], "step": state["step"], "target": model["target"],
-                  "head": model.get("head"), "trained_on": state["config"]["shards"]},
-        "Features": {"kind": model["features"], "width": len(model["feature_names"]),
-                     "used": len(model["feature_index"]), "epoch_s": timing["epoch_s"]},
+                  "variant": state["config"]["variant"], "step": state["step"],
+                  "target": card.to_dict()["target"],
+                  "head": card.head, "trained_on": state["config"]["shards"]},
+        "Features": {"kind": card.features, "width": len(card.feature_names),
+                     "used": card.width, "epoch_s": timing["epoch_s"]},
         "Lag": timing["lag_s"],
         "Timing": {**timing, "first_volume_story_time_s": timing["lag_s"],
                    "first_volume_file_time_s": timing["story_onset_s"] + timing["lag_s"],
@@ -359,7 +337,7 @@ def generate(config: GenerateConfig) -> dict:
                            "and lies Lag s after it"},
     }
     put_json(out, f"{stem}.json", sidecar)
-    montage(pred, placement, out, f"{stem}.png", f"{name}: {len(pred)} volumes")
+    montage(pred, placement, card.tr, out, f"{stem}.png", f"{name}: {len(pred)} volumes")
     if root is not None:
         put_json(location(root, out.storage_options), "dataset_description.json", dataset_description())
     sidecar["outputs"] = [out.url_of(n) for n in (name, f"{stem}.json", f"{stem}.png")]

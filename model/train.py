@@ -9,12 +9,12 @@ weights as an uninterrupted one (tested).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -27,80 +27,18 @@ from meg2fmri.shards.commit import Location
 from meg2fmri.shards.errors import InputError
 from meg2fmri.shards.format import RunId, TargetLayout
 
+from .checkpoint import ModelCard, load_checkpoint, versions
+from .configs import TrainConfig
 from .nets import Discriminator, Generator, LowRankGenerator, VectorDiscriminator, to_tanh
 from .outputs import (
     CHECKPOINT,
     drop_log_after,
-    load_checkpoint_file,
     location,
     save_checkpoint,
     write_log_part,
 )
 
-VARIANTS = ("cgan", "no_adversarial", "shuffled")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    shards: str
-    out: str
-    variant: str = "cgan"  # cgan | no_adversarial (MSE only) | shuffled (MEG permuted within batches)
-    epochs: int = 125
-    batch_size: int = 32
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_step_epochs: int = 20
-    lr_gamma: float = 0.5
-    # The paper's code weighs MSE 1:1 with BCE. On [-1, 1] images the MSE is ~0.05-0.3 while BCE sits
-    # near 0.7, so the adversarial term dominates and the generator drifts from the data; pix2pix's
-    # lambda = 100 (for its L1) puts reconstruction first, which is what MSE/SSIM then measure.
-    recon_weight: float = 100.0
-    meg_only: bool = False  # use the 306 MEG channels' features, not all 328
-    weight_decay: float = 0.0  # L2 on the generator's weights (Adam's coupled decay); the paper: none
-    # "deviation": each training run's own mean image is replaced by the mean training image in the
-    # targets, so the models learn what the MEG changes over time, not which subject it came from (a
-    # held-out subject's anatomy cannot be predicted from its MEG); "image": the raw slices, as the paper.
-    target: str = "deviation"
-    smooth: float = 0.0  # px: Gaussian filter of the generator's change from the mean image; 0 = none (paper)
-    # Voxel and parcel targets: a low-rank head on the training deviations' principal components.
-    # components = 0: the fewest that explain ``explained`` of their variance, at most max_components.
-    components: int = 0
-    explained: float = 0.5
-    max_components: int = 256
-    pca_samples: int = 4096  # training samples (evenly spaced) the components are computed from
-    seed: int = 0
-    checkpoint_every: int = 200  # steps
-    max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all: for tests
-    num_workers: int = 0
-    device: str = "auto"
-    storage_options: dict = field(default_factory=dict)
-    resume: bool = False
-
-    def __post_init__(self):
-        for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
-                                   ("--lr-step-epochs", self.lr_step_epochs, 1),
-                                   ("--checkpoint-every", self.checkpoint_every, 1),
-                                   ("--pca-samples", self.pca_samples, 1),
-                                   ("--workers", self.num_workers, 0)):
-            if value < low:
-                raise InputError(f"{option} must be at least {low}, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise InputError(f"--max-steps must be at least 1 (or left out), got {self.max_steps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if self.recon_weight < 0 or self.weight_decay < 0:
-            raise InputError(f"--recon-weight and --weight-decay must be >= 0, got {self.recon_weight}, "
-                             f"{self.weight_decay}")
-        if self.variant not in VARIANTS:
-            raise InputError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
-        if self.target not in ("deviation", "image"):
-            raise InputError(f"target must be 'deviation' or 'image', not {self.target!r}")
-        if self.smooth < 0:
-            raise InputError(f"smooth is a Gaussian sigma in pixels, >= 0 (0 = no filter), not {self.smooth}")
-        if self.components < 0 or not 0 < self.explained <= 1 or self.max_components < 1:
-            raise InputError(f"need --components >= 0 (0 = by --explained), 0 < --explained <= 1 and "
-                             f"--max-components >= 1, got {self.components}, {self.explained}, "
-                             f"{self.max_components}")
+logger = logging.getLogger("meg2fmri")
 
 
 def feature_mask(names: list[str], meg_only: bool) -> list[int]:
@@ -125,16 +63,13 @@ def build_models(width: int, target: TargetLayout, smooth: float = 0.0,
             VectorDiscriminator(width, target.values))
 
 
-def generator_from_checkpoint(state: dict) -> nn.Module:
-    """The trained generator of a checkpoint, in eval mode."""
-    model = state["model"]
-    target = (TargetLayout.from_json(model["target"]) if "target" in model
-              else TargetLayout.slice_of(model["size"]))
-    if target.kind == "slice":
-        generator = Generator(model["width"], target.shape[0], smooth=model.get("smooth", 0.0))
+def generator_from_checkpoint(state: dict, card: ModelCard) -> nn.Module:
+    """The trained generator of a checkpoint, in eval mode (on the CPU)."""
+    if card.target.kind == "slice":
+        generator = Generator(card.width, card.target.shape[0], smooth=card.smooth)
     else:
         g = state["generator"]
-        generator = LowRankGenerator(model["width"], g["components"], g["scale"], g["mean"])
+        generator = LowRankGenerator(card.width, g["components"], g["scale"], g["mean"])
     generator.load_state_dict(state["generator"])
     return generator.eval()
 
@@ -166,21 +101,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(out: Location, width: int, target: TargetLayout, smooth: float) -> dict:
+def resume_state(out: Location, width: int, target: TargetLayout, smooth: float) -> dict:
+    """The checkpoint in ``out`` to resume, checked against these shards and options."""
     path = out.url_of(CHECKPOINT)
     if not out.exists(CHECKPOINT):
         raise InputError(f"{path}: no checkpoint to resume from; drop --resume to start afresh")
-    state = load_checkpoint_file(out.url, out.storage_options, option="--resume:")
-    model = state["model"]
-    trained = model.get("target", {"kind": "slice", "shape": [model.get("size")] * 2})
-    if model["width"] != width or list(trained["shape"]) != list(target.shape):
-        raise InputError(f"{path}: checkpoint is for {model['width']} features x {trained['kind']} "
-                         f"{trained['shape']}, these shards give {width} x {target.kind} "
-                         f"{list(target.shape)}; "
-                         "use the shards it was trained on, or a new --out")
-    if model.get("smooth", 0.0) != smooth:
-        raise InputError(f"{path}: checkpoint was trained with --smooth {model.get('smooth', 0.0)}, "
-                         f"not {smooth}; resume with its value, or use a new --out")
+    state, card = load_checkpoint(out.url, out.storage_options, option="--resume:")
+    card.check_resumable(path, width, target, smooth)
     return state
 
 
@@ -301,9 +228,9 @@ def train(config: TrainConfig, progress: bool = True) -> str:
                          "another --out")
     missing = index.missing_runs()
     if missing and rank == 0:  # a partial dataset is said, not silently trained on
-        print(f"train: warning: {len(missing)} run(s) of the dataset are not in these shards (ingest could "
-              "not use them):\n" + "\n".join(f"  {line}" for line in missing), file=sys.stderr)
-    state = load_checkpoint(out, width, target, config.smooth) if config.resume else None
+        logger.warning(f"train: warning: {len(missing)} run(s) of the dataset are not in these shards "
+                    "(ingest could not use them):\n" + "\n".join(f"  {line}" for line in missing))
+    state = resume_state(out, width, target, config.smooth) if config.resume else None
     if state is not None:
         loader.load_state_dict(state["loader"])  # checks the shards are the ones it was trained on
     means = training_means(config, target)  # after the checks above: bad inputs fail before any pass
@@ -341,6 +268,11 @@ def train(config: TrainConfig, progress: bool = True) -> str:
     if config.resume and rank == 0:
         drop_log_after(out, step)
     log: list[dict] | None = [] if rank == 0 else None  # records since the last checkpoint
+    card = ModelCard(
+        width=width, target=target, head="dense" if head is None else "lowrank", head_choice=head_choice,
+        features=index.features["kind"], feature_names=tuple(index.features["names"]),
+        feature_index=tuple(keep.tolist()), smooth=config.smooth, pairing=index.pairing.to_dict(),
+        tr=index.tr, mean_target=means.image.cpu().numpy(), placement=placement, versions=versions())
 
     def checkpoint() -> None:
         if rank != 0:
@@ -353,17 +285,7 @@ def train(config: TrainConfig, progress: bool = True) -> str:
                      "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
                      "loader": loader.state_dict(), "rng": rng_state(), "shuffler": shuffler.get_state(),
                      "step": step,
-                     "model": {"width": width, "size": target.shape[0] if target.kind == "slice" else None,
-                               "target": {"kind": target.kind, "shape": list(target.shape),
-                                          "dtype": target.dtype},
-                               "head": "dense" if head is None else "lowrank", "head_choice": head_choice,
-                               "features": index.features["kind"], "feature_names": index.features["names"],
-                               "feature_index": keep.tolist(), "smooth": config.smooth,
-                               "pairing": {k: index.config["pairing"][k] for k in
-                                           ("pairing", "features", "stride", "lag", "epoch", "size", "target",
-                                            "power", "fir_lags")
-                                           if k in index.config.get("pairing", {})},
-                               "mean_target": means.image.cpu(), "placement": placement},
+                     "card": card.to_dict(),
                      "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset,
                      "missing_runs": missing})
 

@@ -1,24 +1,27 @@
-"""``train``: the paper's cGAN (or a control variant) trained by streaming from local or s3:// shards.
+"""``meg2fmri train``: the paper's cGAN (or a control variant), streamed from local or s3:// shards.
 
 Examples:
-    train --shards demo-output/ingest --out runs/cgan
-    train --shards s3://bucket/shards --endpoint-url http://127.0.0.1:9000 --out runs/cgan --resume
+    meg2fmri train --shards demo-output/ingest --out runs/cgan
+    meg2fmri train --shards s3://bucket/shards --endpoint-url http://127.0.0.1:9000 --out runs/cgan --resume
     torchrun --nproc-per-node 2 -m meg2fmri.model.train_cli --shards ... --out ...   # DDP
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from meg2fmri.shards.errors import Meg2fmriError, exit_status
+from meg2fmri import commands
 
-from .train import VARIANTS, TrainConfig, train
+from .configs import VARIANTS, TrainConfig
+
+log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(shards="", out="")
-    p = argparse.ArgumentParser(prog="train", description=__doc__,
+    p = argparse.ArgumentParser(prog="meg2fmri train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
     p.add_argument("--out", required=True,
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian filter (sigma in pixels) of the generated change from the mean image: BOLD "
                         f"changes are spatially smooth, pixel noise is not; 0 = none, as the paper (default: "
                         f"{d.smooth})")
-    head = p.add_argument_group("voxel and parcel targets: the low-rank head (README: 'Whole-brain targets')")
+    head = p.add_argument_group("voxel and parcel targets: the low-rank head (docs/guide/whole-brain.md)")
     head.add_argument("--components", type=int, default=d.components, metavar="K",
                       help="principal components of the training changes the generator predicts; 0 = the "
                            f"fewest explaining --explained of their variance (default: {d.components})")
@@ -67,15 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.num_workers,
                    help="DataLoader workers (default: 0, a thread)")
     p.add_argument("--device", default=d.device, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_storage_options(p, "s3:// --shards and --out")
+    commands.add_verbosity(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> None:
         config = TrainConfig(shards=args.shards, out=args.out, variant=args.variant, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
                              recon_weight=args.recon_weight, weight_decay=args.weight_decay,
@@ -85,14 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                              max_components=args.max_components, pca_samples=args.pca_samples,
                              checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
                              num_workers=args.workers, device=args.device, resume=args.resume,
-                             storage_options=({"endpoint_url": args.endpoint_url} if args.endpoint_url
-                                              else {}))
+                             storage_options=commands.storage_options(args))
+        from .train import train  # torch, once the arguments are good
+
         path = train(config, progress=not args.quiet)
-    except Meg2fmriError as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return exit_status(err)
-    print(f"train: checkpoint {path}")
-    return 0
+        log.info(f"train: checkpoint {path}")
+
+    return commands.run("train", args, work)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ For voxel targets (``ingest --target volume``) every scored method gets, on each
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -30,7 +29,6 @@ from .outputs import put_figure, put_nifti
 from .stats import shift_tables, standardise
 
 FDR_Q = 0.05
-SYNTH_TRUTH = "derivatives/synth"
 
 
 def read_mask(shards: str, index, storage_options: dict | None = None) -> nib.Nifti1Image:
@@ -85,12 +83,12 @@ def voxel_shift_p(pred: np.ndarray, real: np.ndarray, by_run: list[np.ndarray], 
 def truth_amplitude(bids_root: Path, subjects: list[str], inside: np.ndarray) -> np.ndarray | None:
     """The MEG-visible sources' map amplitude, averaged over ``subjects``, in-mask ``(voxels,)``;
     None if the dataset has no synth ground truth."""
-    truth = Path(bids_root) / SYNTH_TRUTH
-    config = truth / "synth_config.json"
-    if not config.is_file():
+    from meg2fmri.ingest.synth import truth
+
+    if not truth.is_synth(bids_root):
         return None
-    shared = len(json.loads(config.read_text())["sources"]["meg_and_bold"])
-    maps = [np.load(truth / f"sub-{s}" / f"sub-{s}_fmri_maps.npy")[:shared] for s in subjects]
+    shared = len(truth.read_config(bids_root)["sources"]["meg_and_bold"])
+    maps = [truth.read_subject(bids_root, s, "fmri_maps")[:shared] for s in subjects]
     return np.mean([np.sqrt((m**2).sum(axis=0))[inside] for m in maps], axis=0)
 
 

@@ -22,6 +22,10 @@ class BidsInputError(InputError):
     """A BIDS dataset is missing something or holds something we cannot read."""
 
 
+class EmptySplitError(InputError):
+    """A shard index has no samples in the split asked for (e.g. no ``seen_story`` runs were ingested)."""
+
+
 class OutputExistsError(Meg2fmriError, FileExistsError):
     """An output location already holds data that we refuse to overwrite."""
 

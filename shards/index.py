@@ -21,6 +21,49 @@ FORMAT = "meg2fmri-shards"
 # sets by subject and story (train, test, seen_story, seen_subject); 1 had train/held_out.
 VERSION = 3
 READABLE = (2, 3)
+# the fMRI repetition time of every shard set written before the index recorded it (ds004078's and
+# synth's; the target entry's ``tr`` since)
+TR_BEFORE_RECORDED = 0.71
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSpec:
+    """The index's ``features``: what each sample's ``meg`` vector holds."""
+
+    kind: str  # "mean" (per-channel mean of an epoch, z-scored) | "bandpower"
+    width: int  # floats per vector
+    names: tuple[str, ...]  # one per element, e.g. "MEG0111" or "MEG0111:alpha"
+    channels: tuple[str, ...] = ()  # the channels read, in their canonical order
+
+    @classmethod
+    def from_json(cls, obj: dict) -> FeatureSpec:
+        return cls(kind=obj["kind"], width=obj["width"], names=tuple(obj["names"]),
+                   channels=tuple(obj.get("channels") or ()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairingSpec:
+    """How ingest paired MEG with fMRI (the index's ``config.pairing``, as a reader needs it)."""
+
+    pairing: str = "windows"  # "windows": an epoch every ``stride`` s; "paper": one pair per run
+    features: str = "mean"
+    target: str = "slice"
+    stride: float | None = None  # s between epochs
+    lag: float | None = None  # s from an epoch's start to its paired volume
+    epoch: float | None = None  # s of MEG per sample
+    size: int | None = None  # slice side, pixels
+    slice: int | None = None  # the axial slice
+    power: str = "log"  # band power: "log" | "linear"
+    fir_lags: int = 0  # band power: N 1-s bins before each volume (0: one epoch)
+    atlas: str | None = None  # parcels: the label image
+
+    @classmethod
+    def from_json(cls, obj: dict) -> PairingSpec:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -56,6 +99,19 @@ class ShardIndex:
     @property
     def target_layout(self) -> TargetLayout:
         return TargetLayout.from_json(self.target)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec.from_json(self.features)
+
+    @property
+    def pairing(self) -> PairingSpec:
+        return PairingSpec.from_json(self.config.get("pairing", {}))
+
+    @property
+    def tr(self) -> float:
+        """s: the fMRI repetition time of the targets (one for the whole index)."""
+        return float(self.target.get("tr", TR_BEFORE_RECORDED))
 
     @property
     def image_size(self) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import from_cache
 
-from meg2fmri.model import evaluate_cli
+from meg2fmri.model import evaluate_cli, oracle_cli
 from meg2fmri.model import oracle as synth_oracle
 from meg2fmri.model.evaluate import oracle_signal
 from meg2fmri.model.metrics import per_image, ssim_maps, voxel_r
@@ -29,7 +29,7 @@ def test_evaluate_writes_sets_rows_intervals_predictions_and_figures(ingested, t
               progress=False)
     oracle = tmp_path / "oracle.npz"
     oracle_args = ["--bids-root", str(tiny_root), "--ingest", str(ingested), "--out", str(oracle)]
-    assert synth_oracle.main(oracle_args) == 0
+    assert oracle_cli.main(oracle_args) == 0
     out, report = tmp_path / "eval", tmp_path / "results.json"
     args = ["--shards", str(ingested), "--runs", str(runs), "--out", str(out), "--json", str(report),
             "--bootstrap", "200", "--null-draws", "200", "--oracle", str(oracle),

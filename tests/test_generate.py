@@ -10,8 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meg2fmri.model import evaluate_cli, generate_cli
-from meg2fmri.model import oracle as synth_oracle
+from meg2fmri.model import evaluate_cli, generate_cli, oracle_cli
 from meg2fmri.model.train import TrainConfig, train
 from meg2fmri.model.volume_maps import run_maps
 
@@ -22,7 +21,7 @@ MEG = "sub-{s}/meg/sub-{s}_task-RDR_run-{r}_{suffix}"
 def volume_eval(volume_ingested: Path, volume_runs: Path, tiny_root: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "volume"
     oracle = out.parent / "oracle.npz"
-    assert synth_oracle.main(["--bids-root", str(tiny_root), "--ingest", str(volume_ingested),
+    assert oracle_cli.main(["--bids-root", str(tiny_root), "--ingest", str(volume_ingested),
                               "--out", str(oracle)]) == 0
     assert evaluate_cli.main(["--shards", str(volume_ingested), "--runs", str(volume_runs), "--out", str(out),
                               "--bootstrap", "100", "--null-draws", "200", "--oracle", str(oracle),
@@ -160,3 +159,46 @@ def test_generate_reads_the_fif_from_s3(volume_runs: Path, tiny_root: Path, s3_s
     assert generate_cli.main([*common, "--meg", url, "--endpoint-url", s3_server, "--out", str(remote)]) == 0
     np.testing.assert_array_equal(nib.load(remote).get_fdata(), nib.load(local).get_fdata())
     assert json.loads(remote.with_name("remote_bold.json").read_text())["Sources"] == [url]
+
+
+def test_generate_samples_at_the_tr_on_the_model_card_and_old_checkpoints_upgrade(
+        volume_runs: Path, tiny_root: Path, tmp_path: Path):
+    """The output's TR is the card's (the one the model was trained on), not a constant; a checkpoint
+    written before the card (its ``model`` dict: no target, no TR) loads as the same model."""
+    import io
+
+    import torch
+
+    from meg2fmri.model.checkpoint import ModelCard, load_checkpoint
+
+    state, card = load_checkpoint(str(volume_runs / "cgan"))
+    assert card.tr == pytest.approx(0.71) and card.versions["meg2fmri"]
+    again = ModelCard.from_dict(card.to_dict())
+    assert again.to_dict().keys() == card.to_dict().keys() and again.target == card.target
+    np.testing.assert_array_equal(again.mean_target, card.mean_target)
+    slower = {**state, "card": {**card.to_dict(), "tr": 1.42}}  # as if trained on a TR of 1.42 s
+    (tmp_path / "slow").mkdir()
+    buffer = io.BytesIO()
+    torch.save(slower, buffer)
+    (tmp_path / "slow" / "checkpoint.pt").write_bytes(buffer.getvalue())
+    fif = str(tiny_root / MEG.format(s="04", r=3, suffix="meg.fif"))
+    events = str(tiny_root / MEG.format(s="04", r=3, suffix="events.tsv"))
+    outs = {}
+    for name, model in (("card", volume_runs / "cgan"), ("slow", tmp_path / "slow")):
+        outs[name] = tmp_path / f"{name}_desc-meg2fmri_bold.nii.gz"
+        assert generate_cli.main(["--model", str(model), "--quiet", "--meg", fif, "--events", events,
+                                  "--out", str(outs[name])]) == 0
+    normal, slow = nib.load(outs["card"]), nib.load(outs["slow"])
+    assert slow.header.get_zooms()[3] == pytest.approx(1.42)
+    assert abs(slow.shape[3] - normal.shape[3] / 2) <= 1  # half the volumes over the same story
+    sidecar = json.loads(outs["slow"].with_name(outs["slow"].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["RepetitionTime"] == pytest.approx(1.42)
+
+    legacy = {k: v for k, v in state.items() if k != "card"}
+    old = card.to_dict()
+    legacy["model"] = {k: v for k, v in old.items() if k not in ("tr", "versions", "card_version")}
+    upgraded = ModelCard.from_dict(legacy["model"])
+    assert upgraded.tr == pytest.approx(0.71) and upgraded.target == card.target
+    slice_era = ModelCard.from_dict({"width": 3, "size": 32, "feature_index": [0, 1, 2]})
+    assert slice_era.target.kind == "slice" and slice_era.target.shape == (32, 32)
+    assert slice_era.head == "dense"

@@ -109,15 +109,57 @@ def test_defect_runs_reproduce_the_missing_begin_trigger(defects_root: Path):
     assert runs[("08", 16)]["defect"] == "1" and runs[("08", 7)]["defect"] == "0"
 
 
-COMMANDS = ["synth", "ingest", "train", "evaluate", "bench", "shards", "synth-oracle"]
+VERBS = ["synth", "ingest", "shards", "train", "evaluate", "generate", "oracle", "bench"]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_console_commands_answer_help(command: str):
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_answers_help_without_importing_torch_mne_or_ray(verb: str):
+    """`meg2fmri VERB --help` parses before any heavy import (so it answers at once), in-process."""
+    code = ("import sys; from meg2fmri.cli import main\n"
+            f"try:\n    main([{verb!r}, '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = sorted({'torch', 'mne', 'ray', 'nibabel', 'zarr'} & set(sys.modules))\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: meg2fmri {verb}" if verb not in ("ingest", "bench") else
+                                    f"usage: {verb}")
+    assert "HEAVY []" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["meg2fmri", "ingest", "bench"])
+def test_console_commands_are_installed(command: str):
     exe = Path(sys.executable).parent / command
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"usage: {command}")
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: {command}"), result.stderr
+
+
+def test_meg2fmri_version_and_bad_verbs():
+    from meg2fmri import __version__
+
+    exe = str(Path(sys.executable).parent / "meg2fmri")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"meg2fmri {__version__}"
+    bad = subprocess.run([exe, "trian"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'trian'" in bad.stderr
+    none = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert none.returncode == 2 and "usage: meg2fmri" in none.stderr
+
+
+def test_storage_options_are_spelled_alike_in_every_verb_that_reads_s3():
+    import argparse
+
+    from meg2fmri import commands
+
+    parser = argparse.ArgumentParser()
+    commands.add_storage_options(parser)
+    args = parser.parse_args(["--endpoint-url", "http://127.0.0.1:9", "--anon",
+                              "--storage-options", '{"client_kwargs": {"region_name": "eu-west-1"}}'])
+    assert commands.storage_options(args) == {"client_kwargs": {"region_name": "eu-west-1"},
+                                              "endpoint_url": "http://127.0.0.1:9", "anon": True}
+    assert "anon" not in commands.storage_options(args, anon=False)
+    assert commands.storage_options(parser.parse_args([])) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--storage-options", "[1]"])
 
 
 def test_meg_sfreq_200_keeps_the_bold_and_the_noise_density_below_the_low_pass(tmp_path: Path):

@@ -141,17 +141,18 @@ def test_low_rank_head_finds_the_training_changes_subspace():
 
 
 def test_volume_models_train_with_the_low_rank_head(volume_runs: Path, volume_ingested: Path):
+    from meg2fmri.model.checkpoint import load_checkpoint
     from meg2fmri.model.train import generator_from_checkpoint
 
-    state = torch.load(volume_runs / "cgan" / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model = state["model"]
-    voxels = read_index(volume_ingested).target["shape"][0]
-    assert model["head"] == "lowrank" and model["target"]["shape"] == [voxels]
-    k = model["head_choice"]["components"]
-    generator = generator_from_checkpoint(state)
+    state, card = load_checkpoint(str(volume_runs / "cgan"))
+    index = read_index(volume_ingested)
+    voxels = index.target["shape"][0]
+    assert card.head == "lowrank" and card.target.shape == (voxels,) and card.tr == index.tr == 0.71
+    k = card.head_choice["components"]
+    generator = generator_from_checkpoint(state, card)
     assert generator.components.shape == (k, voxels) and k < voxels
     # its output layer has 1024 x k weights, not 1024 x voxels
     assert generator.net[-1].weight.shape == (k, 1024)
     gram = generator.components @ generator.components.T
     torch.testing.assert_close(gram, torch.eye(k), atol=1e-4, rtol=0)
-    assert json.loads(json.dumps(model["head_choice"]))["rule"].startswith("fewest explaining")
+    assert json.loads(json.dumps(card.head_choice))["rule"].startswith("fewest explaining")

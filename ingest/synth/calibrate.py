@@ -51,6 +51,7 @@ from scipy.stats import false_discovery_control, norm
 
 from meg2fmri.shards.errors import InputError
 
+from . import truth
 from .config import FMRI_AUDIO_ONSET, TR
 
 MEG_RATE = 100.0  # Hz, after ingest's preprocessing
@@ -304,7 +305,7 @@ def meg_rows(root: Path, runs: list[dict]) -> dict:
 
 def calibrate(root: Path, seed: int = 0) -> dict:
     """Every row's value, range and verdict, for the synth dataset at ``root``."""
-    runs_tsv = root / "derivatives" / "synth" / "runs.tsv"
+    runs_tsv = truth.runs_file(root)
     if not runs_tsv.is_file():
         raise InputError(f"--calibrate {root}: no {runs_tsv.relative_to(root)} (a dataset written by synth)")
     with open(runs_tsv, newline="") as f:

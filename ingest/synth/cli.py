@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from meg2fmri.shards.errors import Meg2fmriError
+from meg2fmri import commands
 from meg2fmri.shards.split import run_list
 
 from .config import (
@@ -25,6 +26,8 @@ from .config import (
     estimated_bytes,
     world_coupling,
 )
+
+log = logging.getLogger("meg2fmri")
 
 
 def parse_subjects(text: str) -> tuple[str, ...]:
@@ -77,7 +80,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     defaults = Coupling()
     p = argparse.ArgumentParser(
-        prog="synth",
+        prog="meg2fmri synth",
         description="Write a synthetic dataset in the exact layout of SMN4Lang (OpenNeuro ds004078): "
         "Neuromag FIF MEG (328 channels, STI101 triggers) and int16 BOLD NIfTI, sharing latent "
         "story sources, with the ground truth under derivatives/synth/. The output appears only "
@@ -122,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="runs written in parallel processes")
     p.add_argument("--dry-run", action="store_true", help="print the plan and disk size; write nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands.add_verbosity(p)
     model = p.add_argument_group(
-        "generative model (README: 'The synthetic dataset'); each option's default is the --world's")
+        "generative model (docs/guide/synth.md); each option's default is the --world's")
     model.add_argument("--world", choices=sorted(WORLDS), default="calibrated",
                        help="calibrated: the defaults, held to published ranges (synth --calibrate); "
                        "2026-12: the defaults before calibration (4-30 Hz power coupling, blob maps, local "
@@ -197,38 +200,34 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 def run_calibration(root: Path) -> int:
     from .calibrate import calibrate, table
 
-    try:
-        result = calibrate(root)
-    except Meg2fmriError as err:
-        print(f"synth: error: {err}", file=sys.stderr)
-        return 2
+    result = calibrate(root)
     print(table(result))
-    return 0 if result["in_range"] else 1
+    return commands.OK if result["in_range"] else commands.PARTIAL
+
+
+def write(args: argparse.Namespace) -> int:
+    from .writer import write_dataset  # heavy imports (MNE) only once the arguments are good
+
+    config = config_from_args(args)
+    plans = config.plan()
+    size = estimated_bytes(config)
+    log.info(f"synth: {len(config.subjects)} subjects x {len(config.runs)} runs"
+             f"{' in ' + str(len(config.blocks)) + ' blocks' if config.blocks else ''} = {len(plans)} runs, "
+             f"about {size / 1e9:.2f} GB -> {config.out}")
+    if args.dry_run:
+        return commands.OK
+    write_dataset(config, overwrite=args.overwrite, jobs=args.jobs, progress=not args.quiet)
+    log.info(f"synth: wrote {config.out}")
+    return commands.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.calibrate is not None:
-        return run_calibration(args.calibrate)
-    from .writer import write_dataset  # heavy imports (MNE) only once the arguments are good
-
     # SIGTERM (e.g. from a job scheduler) cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        config = config_from_args(args)
-        plans = config.plan()
-        size = estimated_bytes(config)
-        print(f"synth: {len(config.subjects)} subjects x {len(config.runs)} runs"
-              f"{' in ' + str(len(config.blocks)) + ' blocks' if config.blocks else ''} = {len(plans)} runs, "
-              f"about {size / 1e9:.2f} GB -> {config.out}", file=sys.stderr)
-        if args.dry_run:
-            return 0
-        write_dataset(config, overwrite=args.overwrite, jobs=args.jobs, progress=not args.quiet)
-    except Meg2fmriError as err:
-        print(f"synth: error: {err}", file=sys.stderr)
-        return 2
-    print(f"synth: wrote {config.out}", file=sys.stderr)
-    return 0
+    if args.calibrate is not None:
+        return commands.run("synth", args, lambda: run_calibration(args.calibrate))
+    return commands.run("synth", args, lambda: write(args))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class Coupling:
     NeuroImage 55:597); HRF peak 4-6 s per subject (Handwerker et al. 2004, NeuroImage 21:1639:
     peak latency varies by about 2 s between subjects; SPM's canonical HRF peaks at 5 s).
 
-    The calibrated world (the defaults; ``WORLDS`` names the earlier ones, README "Calibration"):
+    The calibrated world (the defaults; ``WORLDS`` names the earlier ones, docs/results/calibration.md):
     the story has a sound whose loudness ``auditory_sources`` follow directly (auditory cortex), the
     MEG sees their phase-locked 0.5-8 Hz envelope following (``evoked_weight``), stimulus-driven
     power sits in the gamma band (``carrier_band`` 30-45 Hz: BOLD follows gamma-band power, Niessing

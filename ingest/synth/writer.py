@@ -24,9 +24,7 @@ from meg2fmri.shards.format import RunId
 from . import bids, fmri, meg
 from .config import DEFECT_RUNS, MEG_SFREQ, RunPlan, SynthConfig, estimated_bytes
 from .sources import DRIVE_SFREQ, bold_drive, canonical_hrf, story_sources
-
-TRUTH = Path("derivatives") / "synth"
-CONFIG_NAME = "synth_config.json"
+from .truth import CONFIG_NAME, TRUTH, runs_file, story_file, subject_file  # noqa: F401 - re-exported
 
 
 def subject_rng(seed: int, subject: str) -> np.random.Generator:
@@ -105,32 +103,30 @@ def write_run(config: SynthConfig, plan: RunPlan, root: Path) -> dict:
 
 def write_subject_truth(config: SynthConfig, subject: str, root: Path) -> None:
     model = subject_model(config, subject)
-    folder = root / TRUTH / f"sub-{subject}"
-    folder.mkdir(parents=True, exist_ok=True)
+    subject_file(root, subject, "x").parent.mkdir(parents=True, exist_ok=True)
     arrays = {"meg_mixing": model.mixing, "meg_background_patterns": model.background,
               "fmri_maps": model.maps, "fmri_baseline": model.anatomy.baseline,
               "fmri_grey_weight": model.anatomy.grey, "fmri_brain_mask": model.anatomy.brain,
               "fmri_hrf_peak_s": np.array(model.hrf_peak)}
     for name, array in arrays.items():
-        np.save(folder / f"sub-{subject}_{name}.npy", array)
+        np.save(subject_file(root, subject, name), array)
 
 
 def write_story_files(config: SynthConfig, story: int, duration: float, root: Path) -> None:
     """The story's audio, and its latents at 100 Hz (bin means) and BOLD drive at ``DRIVE_SFREQ``
     (story time) as ground truth."""
     sources = story_model(config, story, duration)
-    folder = root / TRUTH / "stories"
-    folder.mkdir(parents=True, exist_ok=True)
+    story_file(root, story, "x").parent.mkdir(parents=True, exist_ok=True)
     step = int(MEG_SFREQ // 100)
     n = sources.envelope.shape[1] // step * step
     for name, array in (("envelope", sources.envelope), ("slow", sources.slow)):
         binned = array[:, :n].reshape(array.shape[0], -1, step).mean(axis=2)
-        np.save(folder / f"story-{story}_{name}_100Hz.npy", binned.astype(np.float32))
+        np.save(story_file(root, story, f"{name}_100Hz"), binned.astype(np.float32))
     drive = bold_drive(sources, config.coupling).astype(np.float32)
-    np.save(folder / f"story-{story}_bold-drive_{DRIVE_SFREQ:g}Hz.npy", drive)
+    np.save(story_file(root, story, f"bold-drive_{DRIVE_SFREQ:g}Hz"), drive)
     if sources.acoustic is not None:
         binned = sources.acoustic[:n].reshape(-1, step).mean(axis=1)
-        np.save(folder / f"story-{story}_acoustic_100Hz.npy", binned.astype(np.float32))
+        np.save(story_file(root, story, "acoustic_100Hz"), binned.astype(np.float32))
     bids.write_stimuli(root, story, sources.loudness()[None], config.seed)
 
 
@@ -155,7 +151,7 @@ def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -
                                            "defect_runs": {RunId(s, r).name: v for (s, r), v
                                                            in DEFECT_RUNS.items()}})
     runs = sorted(runs, key=lambda row: (row["subject"], row["run"]))
-    bids.write_tsv(folder / "runs.tsv", list(runs[0]), [list(row.values()) for row in runs])
+    bids.write_tsv(runs_file(root), list(runs[0]), [list(row.values()) for row in runs])
 
 
 def check_output(out: Path, overwrite: bool) -> None:
