@@ -1,0 +1,24 @@
+"""Benchmarks of every stage against what a user would pick instead, ``bench study`` (the learning
+curve) and the docs" generated results pages. Nothing imports ``bench``.
+
+The names below are imported on first use (PEP 562), so that a command's ``--help`` does not
+import the heavy libraries behind them.
+"""
+
+from importlib import import_module
+
+_HOME = {
+    "StudyConfig": ".study",
+    "Study": ".study",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(import_module(_HOME[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -28,6 +28,7 @@ def local_ray(cpus: int | None = None):
 
 
 def demo_dataset(work: Path) -> Path:
+    """The bench preset's synth dataset in ``work`` (written once)."""
     root = work / "demo-bids"
     if not is_synth(root):
         write_dataset(SynthConfig.from_preset("bench", root), jobs=len(os.sched_getaffinity(0)))
@@ -50,7 +51,7 @@ def ensure_shards(work: Path, bids_root: Path | None, target: str = "slice") -> 
         from meg2fmri.ingest.pairing import PairingConfig
 
         with local_ray():
-            config = IngestConfig(root, shards, shard_samples=SHARD_SAMPLES,
+            config = IngestConfig(bids_root=root, out=shards, shard_samples=SHARD_SAMPLES,
                                   pairing=PairingConfig(target=target))
             report = run_ingest(config, progress=False)
         if report.failed:

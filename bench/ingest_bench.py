@@ -73,6 +73,7 @@ def fif_from_s3(files: list, how: str) -> None:
 
 
 def median_of(fn, repeats: int) -> list[float]:
+    """The median wall time of ``repeats`` calls and the times."""
     fn()  # warm-up (page cache, imports)
     times = []
     for _ in range(repeats):
@@ -93,7 +94,7 @@ def timed_ingest(root: str, out_of, subjects: tuple[str, ...] | None, workers: i
             start = time.perf_counter()
             # the split does not change the work: nothing held out, so that any subset of subjects runs
             extra = {"held_out": (), "held_out_stories": (), **extra}
-            report = run_ingest(IngestConfig(root, out, subjects=subjects, workers=workers,
+            report = run_ingest(IngestConfig(bids_root=root, out=out, subjects=subjects, workers=workers,
                                              storage_options=storage_options or {}, anon=False, **extra),
                                 progress=False)
             elapsed = time.perf_counter() - start
@@ -119,7 +120,7 @@ def long_run(work: Path, seconds: float) -> tuple[dict, list[dict]]:
     times, results = timed_ingest(str(root), lambda i: str(work / "long-ingest"), None, 1, 1)
     mb = sum(f.input_bytes() for f in files) / 1e6
     return {"floor_s": floor[0], "ingest_s": times[0], "input_mb": mb,
-            "peak_task_mb": results[0]["peak_task_mb"], "decoded_mb": results[0]["decoded_mb"]}, files
+            "peak_task_mb": results[0].peak_task_mb, "decoded_mb": results[0].decoded_mb}, files
 
 
 FLOAT_BOLD = """
@@ -161,6 +162,7 @@ def float_bold_peak(work: Path, volumes: int) -> tuple[float, float, float]:
 def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, repeats: int = 3,
         source: str = "local", long_seconds: float = 600.0, float_volumes: int = 150
         ) -> tuple[list[dict], list[str]]:
+    """``bench ingest``: ingest against its decode floor, 1 worker and all cores, local and S3."""
     work.mkdir(parents=True, exist_ok=True)
     root = bids_root or demo_dataset(work)
     files = [f for f in find_runs(Location(root))[0] if subjects is None or f.subject in subjects]
@@ -197,14 +199,14 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
         rows.append(row(name, median, n / median, "runs/s", mb_per_s=input_mb / median, runs=n,
                         workers=cores if name == "ingest_all" else 1, times_s=times))
     by = {r["name"]: r for r in rows}
-    decoded = [r for r in one if r.get("decoded")]
-    peak_ratio = max(r["peak_task_mb"] / r["decoded_mb"] for r in decoded)
+    decoded = [r for r in one if r.decoded]
+    peak_ratio = max(r.peak_task_mb / r.decoded_mb for r in decoded)
     sizes = {(f.subject, f.run): f.input_bytes() for f in files}
-    input_ratio = max(r["peak_task_mb"] * 2**20 / sizes[(r["subject"], r["run"])] for r in decoded)
-    by["ingest_1worker"]["peak_task_mb"] = max(r["peak_task_mb"] for r in decoded)
+    input_ratio = max(r.peak_task_mb * 2**20 / sizes[(r.subject, r.run)] for r in decoded)
+    by["ingest_1worker"]["peak_task_mb"] = max(r.peak_task_mb for r in decoded)
     by["ingest_1worker"]["peak_vs_decoded"] = peak_ratio
     by["ingest_1worker"]["peak_vs_input"] = input_ratio
-    stages = {k: statistics.mean(r["seconds"][k] for r in decoded) for k in decoded[0]["seconds"]}
+    stages = {k: statistics.mean(r.seconds[k] for r in decoded) for k in decoded[0].seconds}
     by["ingest_1worker"]["stage_s_per_run"] = {k: round(v, 3) for k, v in stages.items()}
     speedup = by["ingest_1worker"]["median_s"] / by["ingest_all"]["median_s"]
     notes = [f"{n} runs, {input_mb:.0f} MB of FIF + NIfTI from {root}",

@@ -26,6 +26,7 @@ from .report import median_time, row
 
 
 def run(repeats: int = 7) -> tuple[list[dict], list[str]]:
+    """``bench kernels``: each numba kernel against its numpy reference and memcpy."""
     rng = np.random.default_rng(0)
     meg = rng.standard_normal((328, 30000), dtype=np.float32) * 3 + 1
     out = np.empty_like(meg)

@@ -58,6 +58,7 @@ def rate(epoch, repeats: int, min_seconds: float) -> tuple[float, list[float]]:
 
 
 def memcpy_mb_per_s(repeats: int) -> float:
+    """This machine's memcpy bandwidth (MB/s), the ceiling of a loader's payload rate."""
     src = np.ones(256 << 20, dtype=np.uint8)
     dst = np.zeros_like(src)
     times = []
@@ -97,6 +98,7 @@ def paper_style(bids_root: Path, shards: Path, index: ShardIndex, samples: int) 
 
 
 def webdataset_epoch(urls: list[str], batch_size: int, workers: int):
+    """One epoch of plain webdataset + DataLoader over the shards: samples and seconds."""
     import webdataset as wds
 
     dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
@@ -112,6 +114,7 @@ def webdataset_epoch(urls: list[str], batch_size: int, workers: int):
 
 
 def loader_epoch(loader: ShardLoader):
+    """One epoch of our ``ShardLoader``: samples and seconds."""
     def epoch() -> int:
         loader.set_epoch(loader.epoch)
         n = 0
@@ -177,6 +180,7 @@ def cuda_rows(shards: Path, payload: int, repeats: int, min_seconds: float) -> t
 
 
 def zarr_epoch(path: Path, batch_size: int):
+    """One epoch of the map-style Zarr dataset with a shuffling DataLoader."""
     loader = torch.utils.data.DataLoader(ZarrSamples(path, "train"), batch_size=batch_size, shuffle=True,
                                          collate_fn=collate_batch)
 
@@ -188,6 +192,7 @@ def zarr_epoch(path: Path, batch_size: int):
 def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
         paper_samples: int = 4, png: Path | None = None,
         target: str = "slice") -> tuple[list[dict], list[str]]:
+    """``bench loader``: our loader against plain webdataset, per-file MNE + nibabel, Zarr, S3 GETs."""
     work.mkdir(parents=True, exist_ok=True)
     root, shards = ensure_shards(work, bids_root, target)
     index = read_index(shards)
@@ -278,6 +283,7 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
 
 
 def bar_chart(rows: list[dict], path: Path) -> None:
+    """The loader bench's bar chart of samples/s."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 def machine() -> dict:
+    """This machine: CPU, cores, memory, Python, platform, library versions."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -43,10 +44,12 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tupl
 
 
 def row(name: str, median_s: float, throughput: float, unit: str, **extra: object) -> dict:
+    """One benchmark row."""
     return {"name": name, "median_s": median_s, "throughput": throughput, "unit": unit, **extra}
 
 
 def table(rows: list[dict]) -> str:
+    """The rows as an aligned text table."""
     extra_keys = [k for k in dict.fromkeys(k for r in rows for k in r)
                   if k not in ("name", "median_s", "throughput", "unit", "times_s")]
     header = ["name", "median_s", "throughput", "unit", *extra_keys]
@@ -60,6 +63,7 @@ def table(rows: list[dict]) -> str:
 
 
 def emit(rows: list[dict], json_path: Path | None, notes: list[str]) -> None:
+    """Print the rows and notes; write them as JSON too when asked."""
     print(table(rows))
     for note in notes:
         print(note)

@@ -36,6 +36,7 @@ SUBJECTS = tuple(f"{i:02d}" for i in range(1, 13))
 
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
+    """The study's design: subjects, split, story length and count, sizes, epochs, statistics."""
     out: Path
     seed: int = 0
     subjects: tuple[str, ...] = SUBJECTS
@@ -130,6 +131,7 @@ def tool(verb: str) -> list[str]:
 
 
 class Study:
+    """The study as steps (synth, ingest, train, evaluate per size), each run once, resumable."""
     def __init__(self, config: StudyConfig, log=print):
         self.c = config
         self.out = config.out

@@ -19,16 +19,19 @@ LOADER_BENCH = {"volume_s3": 1689.0, "volume_local": 11300.0}
 
 
 def interval(ci) -> str:
+    """``[low, high]`` of a difference."""
     return "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def excludes_zero(ci) -> str:
+    """Whether an interval is above, below or around 0."""
     if not ci:
         return "n/a"
     return "above 0" if ci[0] > 0 else "below 0" if ci[1] < 0 else "includes 0"
 
 
 def value(row: dict | None, key: str) -> str:
+    """A row's value with its interval."""
     if row is None or row.get(key) is None:
         return "-"
     text = f"{row[key]:.3f}"
@@ -38,6 +41,7 @@ def value(row: dict | None, key: str) -> str:
 
 
 def curve_table(sizes: dict, key: str) -> list[str]:
+    """The learning-curve table of one metric: a row per size, a column per model."""
     names = [n for n in SHOWN if any(n in s["rows"] for s in sizes.values())]
     lines = ["| training | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for size, s in sorted(sizes.items(), key=lambda kv: int(kv[0])):
@@ -80,6 +84,7 @@ def fit_of(sizes: dict, name: str) -> dict | None:
 
 
 def markdown(result: dict) -> str:
+    """The study's page: curves, the headline's paired differences, fits, projection, cost."""
     c = result["config"]
     lines = ["# Study: how much data does MEG -> fMRI need?", "",
              f"Seed {c['seed']}; {len(c['subjects']) - len(c['held_out'])} training subjects x stories "
@@ -186,6 +191,7 @@ def projection(result: dict) -> list[str]:
 
 
 def figure(result: dict, path: Path) -> None:
+    """The learning-curve figure: ROI and whole-mask r against hours, with intervals."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -76,11 +76,14 @@ def timed_steps(batches, steps: int, config: TrainConfig, width: int, target, de
 
 
 def in_memory(loader: ShardLoader) -> list[dict]:
+    """One epoch of the loader's batches kept as in-memory tensors (the upper bound a loader is measured
+    against)."""
     return [{"meg": b["meg"], "fmri": b["fmri"]} for b in loader]
 
 
 def run(work: Path, bids_root: Path | None, steps: int = 200, repeats: int = 3,
         target_kind: str = "slice") -> tuple[list[dict], list[str]]:
+    """``bench train``: the cGAN fed by the loader against in-memory tensors, local and S3."""
     work.mkdir(parents=True, exist_ok=True)
     _, shards = ensure_shards(work, bids_root, target_kind)
     config = TrainConfig(shards=str(shards), out="")

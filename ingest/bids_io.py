@@ -187,6 +187,7 @@ def participant_sexes(source: Location) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StoryEvent:
+    """Where the story sits in a BOLD run: onset (s from the scan start) and duration (s)."""
     onset: float  # s from the scan start
     duration: float  # s, the story length
 
@@ -205,6 +206,7 @@ def fmri_story(files: RunFiles) -> StoryEvent:
 
 
 def repetition_time(files: RunFiles) -> float:
+    """The run's BOLD repetition time (s) from its ``_bold.json`` sidecar."""
     path = files.url("bold_json")
     try:
         text = files.source.read_text(files.bold_json)

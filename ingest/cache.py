@@ -44,6 +44,7 @@ COMMIT_ATTR = "sources"  # written last, in the group's last attribute update: t
 
 
 def group_path(run: RunId) -> str:
+    """The Zarr group of one run inside ``cache.zarr``."""
     return f"{CACHE_NAME}/{run.name}"
 
 
@@ -66,6 +67,7 @@ def open_root(out: Location, dataset: dict, sexes: dict[str, str] | None,
 
 
 def root_attrs(out: Location) -> dict:
+    """The cache root's attributes, or an ``InputError`` if there is no cache yet."""
     if not out.exists(f"{CACHE_NAME}/zarr.json"):
         raise InputError(f"{out.url_of(CACHE_NAME)}: no Zarr cache here; run `ingest` without --from-cache "
                          "first")

@@ -13,6 +13,7 @@ from meg2fmri.shards.split import run_list
 
 
 def id_list(text: str) -> tuple[str, ...] | None:
+    """``--subjects``: ``all`` (None) or sorted two-digit subject ids."""
     if text == "all":
         return None
     return tuple(sorted({s.strip().removeprefix("sub-").zfill(2) for s in text.split(",") if s.strip()}))
@@ -40,6 +41,7 @@ def location(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ingest``."""
     p = argparse.ArgumentParser(
         prog="ingest",
         description="Preprocess the MEG (FIF) and fMRI (NIfTI) runs of a ds004078-layout BIDS dataset "
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``ingest``: parse ``argv``, run the ingest; 0 done, 1 some runs failed, 2 bad input."""
     args = build_parser().parse_args(argv)
     # A local Ray must listen on loopback only; read by Ray when it is imported.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -25,8 +25,9 @@ def has_aws_credentials() -> bool:
     return botocore.session.get_session().get_credentials() is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IngestConfig:
+    """What to ingest, from where to where, paired how, split how: one ingest's resolved options."""
     bids_root: str | None  # a folder or s3://bucket/prefix (e.g. s3://openneuro.org/ds004078)
     out: str  # a folder or s3://bucket/prefix
     subjects: tuple[str, ...] | None = None  # None = every subject found
@@ -92,6 +93,7 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class RunTask:
+    """One (subject, run) to ingest: its files (None: from the cache only) and the memory to ask Ray for."""
     id: RunId
     files: RunFiles | None  # None when pairing from the cache only
     memory: int = 0  # bytes Ray reserves for the task (0: none asked)

@@ -25,6 +25,7 @@ from meg2fmri.shards.split import SPLITS, held_out_stories, held_out_subjects, s
 from . import cache, targets
 from .config import IngestConfig, RunTask
 from .fence import WORK, begin_attempt
+from .outcome import RunOutcome
 from .pairing import consensus_slice, feature_names
 from .pairs import load_pairs, paired_runs, reset_work
 from .plan import canonical_channels, check_inputs, check_out, plan
@@ -34,7 +35,9 @@ from .task import ingest_run, needs_survey, slice_profile
 
 @dataclass
 class IngestReport:
-    results: list[dict]  # one per (subject, run), sorted
+    """What an ingest did: every run's outcome, the split, the index written (None if none), notes,
+    seconds."""
+    results: list[RunOutcome]  # one per (subject, run), sorted
     held_out: tuple[str, ...]
     held_out_stories: tuple[int, ...]
     index: ShardIndex | None
@@ -42,18 +45,18 @@ class IngestReport:
     seconds: dict[str, float] = field(default_factory=dict)  # plan, tasks, shards
 
     @property
-    def failed(self) -> list[dict]:
+    def failed(self) -> list[RunOutcome]:
         """Runs that could not be ingested (a duplicate skipped on purpose is not a failure)."""
-        return [r for r in self.results if not r["ok"] and not r.get("skipped")]
+        return [r for r in self.results if r.failed]
 
 
-def result_of_done(out: Location, config: IngestConfig, run: RunId, attrs: dict) -> dict:
-    """The summary of a run finished by an earlier (possibly interrupted) ingest."""
+def result_of_done(out: Location, config: IngestConfig, run: RunId, attrs: dict) -> RunOutcome:
+    """The outcome of a run finished by an earlier (possibly interrupted) ingest."""
     pairs = load_pairs(out, config.pairing, run)
-    return {"subject": run.subject, "run": run.run, "ok": True, "count": len(pairs.meta),
-            "slice": pairs.meta[0]["slice"], "decoded": False, "resumed": True, "warnings": attrs["warnings"],
-            "storage_error": pairs.storage_error, "digests": attrs.get("digests", {}),
-            "slice_correlation": slice_profile(pairs.correlation)}
+    return RunOutcome(subject=run.subject, run=run.run, ok=True, count=len(pairs.meta),
+                      slice=pairs.meta[0]["slice"], resumed=True, warnings=attrs["warnings"],
+                      storage_error=pairs.storage_error, digests=attrs.get("digests", {}),
+                      fmri_tr=attrs.get("fmri_tr"), slice_correlation=slice_profile(pairs.correlation))
 
 
 def done_runs(out: Location, config: IngestConfig, tasks: list[RunTask]) -> dict[RunId, dict]:
@@ -83,7 +86,7 @@ def start_ray(config: IngestConfig):
     return ray, True
 
 
-def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
+def ray_ingest_run(task: RunTask, config: IngestConfig) -> RunOutcome:
     """``ingest_run`` in a Ray worker, with numba's and blosc's threads limited to the CPUs Ray
     gave the task (otherwise every task would use every core and they would fight)."""
     import numba
@@ -93,11 +96,14 @@ def ray_ingest_run(task: RunTask, config: IngestConfig) -> dict:
     cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
     numcodecs.blosc.set_nthreads(cpus)
-    return {**ingest_run(task, config), "node": ray.get_runtime_context().get_node_id()}
+    outcome = ingest_run(task, config)
+    outcome.node = ray.get_runtime_context().get_node_id()
+    return outcome
 
 
 @contextmanager
 def ray_session(config: IngestConfig):
+    """A Ray session for the ingest: the one already running, or a local one shut down afterwards."""
     ray, started = start_ray(config)
     try:
         yield ray
@@ -112,7 +118,7 @@ def node_memory(ray) -> int:
 
 
 def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
-              desc: str = "ingest") -> list[dict]:
+              desc: str = "ingest") -> list[RunOutcome]:
     """One Ray task per run, each asking for the memory it will use (``RunTask.memory``, capped at
     the largest node's), with a progress bar in runs and input MB/s."""
     remote = ray.remote(num_cpus=1, max_retries=0)(ray_ingest_run)
@@ -136,9 +142,8 @@ def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
                     results.append(ray.get(ref))
                 except ray.exceptions.RayError as err:  # the worker died (e.g. out of memory)
                     last = [line for line in str(err).splitlines() if line.strip()][-1]
-                    results.append({"subject": task.subject, "run": task.run, "ok": False,
-                                    "error": f"{task.id}: task died: {last}"})
-                if task.files is not None and results[-1].get("decoded"):
+                    results.append(RunOutcome.failure(task.id, f"{task.id}: task died: {last}"))
+                if task.files is not None and results[-1].decoded:
                     done_mb += task.files.input_bytes() / 2**20
                     rate = done_mb / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix_str(f"{done_mb:.0f}/{total_mb:.0f} MB in, {rate:.1f} MB/s")
@@ -149,46 +154,43 @@ def run_tasks(ray, tasks: list[RunTask], config: IngestConfig, progress: bool,
 
 
 def survey_runs(ray, tasks: list[RunTask], config: IngestConfig, train: set[tuple[str, int]],
-                progress: bool) -> tuple[IngestConfig, list[dict], dict, dict]:
+                progress: bool) -> tuple[IngestConfig, list[RunOutcome], dict, dict]:
     """Cache every run and choose, from the *training* runs only, what pairing waits for: one slice
     (their slice-correlation profiles) or the brain mask (their mean volumes; written beside the
     index). Return the config with the choice, the failed runs, how it was chosen (for the index),
     and each cached run's first-pass result (whether it was decoded, its memory and stage times)."""
     results = run_tasks(ray, tasks, config, progress, desc="ingest (cache, survey)")
-    failed = [r for r in results if not r["ok"]]
-    first = {(r["subject"], r["run"]): r for r in results if r["ok"]}
-    training = [r for r in results if r["ok"] and (r["subject"], r["run"]) in train]
+    failed = [r for r in results if not r.ok]
+    first = {(r.subject, r.run): r for r in results if r.ok}
+    training = [r for r in results if r.ok and (r.subject, r.run) in train]
     if not training:  # nothing can be paired: report every run (the failures say why)
         what = "--slice" if config.pairing.target == "slice" else "the mask"
         reason = f"not paired: no training run could be ingested to choose {what} from (fix those)"
-        failed += [{"subject": r["subject"], "run": r["run"], "ok": False,
-                    "error": f"{RunId(r['subject'], r['run'])}: {reason}"} for r in results if r["ok"]]
+        failed += [RunOutcome.failure(r.id, f"{r.id}: {reason}") for r in results if r.ok]
         return config, failed, {"chosen_from": reason}, first
     if config.pairing.target == "slice":
-        chosen = consensus_slice([np.array(r["profile"], dtype=float) for r in training])
+        chosen = consensus_slice([np.array(r.profile, dtype=float) for r in training])
         pairing = dataclasses.replace(config.pairing, slice=chosen)
         how = {"slice": chosen, "chosen_from": f"mean slice correlation over {len(training)} training runs"}
     else:
         pairing, how = write_mask(config, results, training)
-    for r in first.values():
-        r.pop("mean_volume", None)
+    first = {key: r.without_survey() for key, r in first.items()}
     return dataclasses.replace(config, pairing=pairing), failed, how, first
 
 
-def write_mask(config: IngestConfig, results: list[dict], training: list[dict]) -> tuple:
+def write_mask(config: IngestConfig, results: list[RunOutcome], training: list[RunOutcome]) -> tuple:
     """The training runs' brain mask as ``OUT/mask.nii.gz`` (every run must share one grid)."""
-    name = lambda r: RunId(r["subject"], r["run"])  # noqa: E731
-    grid = training[0]["grid"]
-    other = [r for r in results if r["ok"] and (r["grid"]["shape"] != grid["shape"] or not np.allclose(
-        r["grid"]["affine"], grid["affine"], atol=1e-3))]
+    grid = training[0].grid
+    other = [r for r in results if r.ok and (r.grid["shape"] != grid["shape"] or not np.allclose(
+        r.grid["affine"], grid["affine"], atol=1e-3))]
     if other:
         r = other[0]
         raise InputError(
-            f"{name(r)} is on a {'x'.join(map(str, r['grid']['shape']))} grid, {name(training[0])} on "
+            f"{r.id} is on a {'x'.join(map(str, r.grid['shape']))} grid, {training[0].id} on "
             f"{'x'.join(map(str, grid['shape']))} (or their affines differ): volume targets need one grid "
             "for every run. Raw-space grids differ in anatomy between subjects and visits; ingest the MNI "
             "derivatives with --preprocessed")
-    mask = targets.training_mask([r["mean_volume"] for r in training], np.array(grid["affine"]))
+    mask = targets.training_mask([r.mean_volume for r in training], np.array(grid["affine"]))
     out = config.output()
     data = gzip.compress(mask.to_bytes(), mtime=0)
     voxels = int(np.asarray(mask.dataobj).sum())
@@ -202,21 +204,22 @@ def write_mask(config: IngestConfig, results: list[dict], training: list[dict]) 
     return dataclasses.replace(config.pairing, mask=(MASK_NAME, digest)), how
 
 
-def target_entry(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
+def target_entry(config: IngestConfig, choice: dict, results: list[RunOutcome]) -> dict:
     """The index's ``target``: kind, shape and dtype, with what a reader needs to place the values,
     and the runs' repetition time ``tr`` (s) when they share one."""
-    trs = {round(r["fmri_tr"], 6) for r in results if r["ok"] and r.get("fmri_tr")}
+    trs = {round(r.fmri_tr, 6) for r in results if r.ok and r.fmri_tr}
     entry = place_target(config, choice, results)
     return entry | {"tr": trs.pop()} if len(trs) == 1 else entry
 
 
-def place_target(config: IngestConfig, choice: dict, results: list[dict]) -> dict:
+def place_target(config: IngestConfig, choice: dict, results: list[RunOutcome]) -> dict:
+    """The index's ``target`` entry without the TR: kind, shape, dtype and where the values sit."""
     p = config.pairing
     if p.target == "slice":
         entry = {"kind": "slice", "shape": [p.size, p.size], "dtype": "float32"}
-        ok = [r for r in results if r["ok"]]
+        ok = [r for r in results if r.ok]
         try:  # where the slice sits (for `generate`'s NIfTI): the first run's grid
-            shape, affine = targets.grid_of(cache.read_run(config.output(), ok[0]["subject"], ok[0]["run"]))
+            shape, affine = targets.grid_of(cache.read_run(config.output(), ok[0].subject, ok[0].run))
             entry |= {"grid": list(shape), "affine": affine.tolist(), "slice": p.slice}
         except (IndexError, InputError):  # no run, or a cache from before affines were kept
             pass
@@ -229,27 +232,26 @@ def place_target(config: IngestConfig, choice: dict, results: list[dict]) -> dic
                 "space": "MNI152NLin2009cAsym 2 mm (--preprocessed)" if preprocessed else
                 "the runs' native grid (raw data: anatomy differs between subjects; prefer --preprocessed)",
                 "order": "C order of the in-mask voxels of the NIfTI (i, j, k) array",
-                "float16_max_abs_error": max((r.get("storage_error", 0.0) for r in results if r["ok"]),
-                                             default=0.0)}
+                "float16_max_abs_error": max((r.storage_error for r in results if r.ok), default=0.0)}
     labels = targets.check_atlas(Path(p.atlas))
     return {"kind": "parcels", "shape": [len(labels)], "dtype": "float32", "atlas": str(p.atlas),
             "atlas_sha256": targets.file_digest(Path(p.atlas)), "labels": labels,
             "value": "mean over each label's voxels (atlas resampled to each run's grid, nearest)"}
 
 
-def find_duplicates(results: list[dict]) -> list[dict]:
+def find_duplicates(results: list[RunOutcome]) -> list[dict]:
     """Groups of runs whose decoded MEG (or BOLD) are identical: ``{"data", "runs", "sha256"}``, the
     runs sorted (on ds004078 the MEG files of sub-05 and sub-06, runs 58-60, are byte-identical)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for r in results:
-        if r["ok"]:
-            for what, digest in sorted(r.get("digests", {}).items()):
-                groups.setdefault((what, digest), []).append(str(RunId(r["subject"], r["run"])))
+        if r.ok:
+            for what, digest in sorted(r.digests.items()):
+                groups.setdefault((what, digest), []).append(str(r.id))
     return [{"data": what, "runs": sorted(runs), "sha256": digest}
             for (what, digest), runs in sorted(groups.items()) if len(runs) > 1]
 
 
-def apply_duplicate_policy(config: IngestConfig, results: list[dict], notes: list[str]) -> list[dict]:
+def apply_duplicate_policy(config: IngestConfig, results: list[RunOutcome], notes: list[str]) -> list[dict]:
     """``--on-duplicate``: warn (a note; every run kept), skip (only the first run of each group is
     sharded; the others are reported as skipped) or raise (nothing is sharded)."""
     duplicates = find_duplicates(results)
@@ -264,9 +266,8 @@ def apply_duplicate_policy(config: IngestConfig, results: list[dict], notes: lis
     if config.on_duplicate == "skip":
         skipped = {run for g in duplicates for run in g["runs"][1:]}
         for r in results:
-            if r["ok"] and str(RunId(r["subject"], r["run"])) in skipped:
-                r.update(ok=False, skipped=True,
-                         error=f"{RunId(r['subject'], r['run'])}: skipped, a duplicate (--on-duplicate skip)")
+            if r.ok and str(r.id) in skipped:
+                r.ok, r.skipped, r.error = False, True, f"{r.id}: skipped, a duplicate (--on-duplicate skip)"
     return duplicates
 
 
@@ -301,15 +302,15 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
     out.remove_temporaries()
     seconds = {"plan": time.perf_counter() - clock}
     clock = time.perf_counter()
-    failed: list[dict] = []
-    first: dict[tuple[str, int], dict] = {}
+    failed: list[RunOutcome] = []
+    first: dict[tuple[str, int], RunOutcome] = {}
     slice_choice = ({"slice": config.pairing.slice, "chosen_from": "--slice"}
                     if config.pairing.target == "slice" else {})
     with ray_session(config) as ray:
         if needs_survey(config.pairing):
             config, failed, slice_choice, first = survey_runs(
                 ray, tasks, config, {(k.subject, k.run) for k, v in split.items() if v == "train"}, progress)
-            tasks = [t for t in tasks if (t.subject, t.run) not in {(r["subject"], r["run"]) for r in failed}]
+            tasks = [t for t in tasks if t.id not in {r.id for r in failed}]
         if needs_survey(config.pairing):
             tasks = []
         reset_work(out, config.pairing)
@@ -319,89 +320,95 @@ def run_ingest(config: IngestConfig, progress: bool = True) -> IngestReport:
         if todo:
             results += run_tasks(ray, todo, config, progress)
     seconds["tasks"] = time.perf_counter() - clock
-    used = {r["node"] for r in [*results, *first.values()] if r.get("node")}
+    used = {r.node for r in [*results, *first.values()] if r.node}
     if used:
         notes.append(f"tasks ran on {len(used)} Ray node{'s' if len(used) > 1 else ''}")
     for r in results:  # a run decoded in the slice-choice pass: keep what that pass measured
-        earlier = first.get((r["subject"], r["run"]))
-        if r["ok"] and earlier is not None and earlier["decoded"]:
-            r.update(decoded=True, resumed=False, decoded_mb=earlier["decoded_mb"],
-                     peak_task_mb=max(earlier["peak_task_mb"], r.get("peak_task_mb", 0.0)),
-                     seconds={**earlier["seconds"], **r.get("seconds", {})})
+        earlier = first.get((r.subject, r.run))
+        if r.ok and earlier is not None and earlier.decoded:
+            r.merge_first_pass(earlier)
     check_fenced(out, config, results)
-    results.sort(key=lambda r: (r["subject"], r["run"]))
+    results.sort(key=lambda r: (r.subject, r.run))
     for r in results:
-        r["split"] = split[RunId(r["subject"], r["run"])]
+        r.split = split[r.id]
     duplicates = apply_duplicate_policy(config, results, notes)
-    ok = [RunId(r["subject"], r["run"]) for r in results if r["ok"]]
+    ok = [r.id for r in results if r.ok]
     index = None
     clock = time.perf_counter()
     if ok:
-        names = feature_names(config.pairing, list(channels.names))
-        features = {"kind": config.pairing.features, "width": len(names), "names": names,
-                    "channels": channels.to_json()}
-        index = write_shards(out, config.pairing, config.shard_samples, ok, split, {
-            "dataset": dataset,
-            "features": features,
-            "target": target_entry(config, slice_choice, results),
-            "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
-                                   "held_out": list(held_out)},
-                      "stories": {"train": [s for s in all_stories if s not in stories],
-                                  "held_out": list(stories)}},
-            "options": options,
-            "config": config.to_json() | {
-                "slice_choice" if config.pairing.target == "slice" else "target_choice": slice_choice},
-            "runs": [{**{k: r[k] for k in ("subject", "run", "split", "count", "slice", "warnings")},
-                      "slice_correlation": r["slice_correlation"]}
-                     for r in results if r["ok"]],
-            "failed": [{k: r[k] for k in ("subject", "run", "split", "error")} for r in results
-                       if not r["ok"]],
-            "duplicates": duplicates,
-        }, shard_tag(config, options, results))
+        fields = index_fields(config, options, dataset, channels, subjects, held_out, all_stories, stories,
+                              slice_choice, results, duplicates)
+        index = write_shards(out, config.pairing, config.shard_samples, ok, split, fields,
+                             shard_tag(config, options, results))
         if config.pairing.target != "volume":  # an earlier index's (volume targets), now replaced
             out.remove(MASK_NAME)
     seconds["shards"] = time.perf_counter() - clock
     return IngestReport(results, held_out, stories, index, notes, seconds)
 
 
-def check_fenced(out: Location, config: IngestConfig, results: list[dict]) -> None:
+def index_fields(config: IngestConfig, options: dict, dataset: dict, channels, subjects: list[str],
+                 held_out: tuple[str, ...], all_stories: list[int], stories: tuple[int, ...],
+                 slice_choice: dict, results: list[RunOutcome], duplicates: list[dict]) -> dict:
+    """Everything of the index but its shards: dataset, features, target, split, options, resolved
+    configuration, the runs used and those that failed, duplicates."""
+    names = feature_names(config.pairing, list(channels.names))
+    choice = "slice_choice" if config.pairing.target == "slice" else "target_choice"
+    return {
+        "dataset": dataset,
+        "features": {"kind": config.pairing.features, "width": len(names), "names": names,
+                     "channels": channels.to_json()},
+        "target": target_entry(config, slice_choice, results),
+        "split": {"subjects": {"train": [s for s in subjects if s not in held_out],
+                               "held_out": list(held_out)},
+                  "stories": {"train": [s for s in all_stories if s not in stories],
+                              "held_out": list(stories)}},
+        "options": options,
+        "config": config.to_json() | {choice: slice_choice},
+        "runs": [r.index_entry() for r in results if r.ok],
+        "failed": [r.failed_entry() for r in results if not r.ok],
+        "duplicates": duplicates,
+    }
+
+
+def check_fenced(out: Location, config: IngestConfig, results: list[RunOutcome]) -> None:
     """Each run decoded by this attempt must still hold this attempt's commit: a straggler of an earlier
     attempt that slipped past its fence in the instant before this one began could have committed over
     it. Such a run is reported failed (run ingest again: it is decoded afresh), never used."""
-    decoded = [r for r in results if r["ok"] and r.get("decoded")]
+    decoded = [r for r in results if r.ok and r.decoded]
     if not decoded:
         return
-    groups = cache.run_groups(out, [RunId(r["subject"], r["run"]) for r in decoded])
+    groups = cache.run_groups(out, [r.id for r in decoded])
     for r in decoded:
-        attrs = groups.get(RunId(r["subject"], r["run"]))
+        attrs = groups.get(r.id)
         if attrs is None or attrs.get("attempt", config.attempt) != config.attempt:
-            r.update(ok=False, error=f"{RunId(r['subject'], r['run'])}: its cache group was committed by "
-                                     "an earlier, superseded ingest attempt while this one ran; run ingest "
-                                     "again (the run is decoded afresh)")
+            r.ok, r.error = False, (f"{r.id}: its cache group was committed by an earlier, superseded "
+                                    "ingest attempt while this one ran; run ingest again (the run is "
+                                    "decoded afresh)")
 
 
-def shard_tag(config: IngestConfig, options: dict, results: list[dict]) -> str:
+def shard_tag(config: IngestConfig, options: dict, results: list[RunOutcome]) -> str:
     """A short content tag in every shard's name: the same options and decoded data give the same names
     (a resumed ingest rewrites nothing), anything else new ones, so a re-run (``--overwrite``) never
     writes over a shard that an older index lists."""
     digest = hashlib.sha256(json.dumps({
         "options": options, "pairing": config.pairing.to_json(),
-        "runs": sorted((r["subject"], r["run"], sorted(r.get("digests", {}).items()))
-                       for r in results if r["ok"])}, sort_keys=True).encode())
+        "runs": sorted((r.subject, r.run, sorted(r.digests.items())) for r in results if r.ok)},
+        sort_keys=True).encode())
     return digest.hexdigest()[:10]
 
 
 def summary_table(report: IngestReport) -> str:
+    """The table ``ingest`` prints: one line per run (split, samples, slice, status), then the counts."""
     lines = [f"{'subject':<8}{'run':>4}  {'split':<13}{'samples':>8}{'slice':>6}  status"]
     for r in report.results:
-        if r["ok"]:
-            status = "ok (cached earlier)" if r.get("resumed") else "ok"
-            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<13}{r['count']:>8}{r['slice']:>6}"
+        if r.ok:
+            status = "ok (cached earlier)" if r.resumed else "ok"
+            row = f"{r.subject:<8}{r.run:>4}  {r.split:<13}{r.count:>8}{r.slice:>6}"
             lines.append(f"{row}  {status}")
-            lines += [f"{'':<41}warning: {w}" for w in r["warnings"]]
+            lines += [f"{'':<41}warning: {w}" for w in r.warnings]
         else:
-            row = f"{r['subject']:<8}{r['run']:>4}  {r['split']:<13}{'-':>8}{'-':>6}"
-            lines.append(f"{row}  FAILED: {r['error']}")
+            row = f"{r.subject:<8}{r.run:>4}  {r.split:<13}{'-':>8}{'-':>6}"
+            lines.append(f"{row}  FAILED: {r.error}")
     if report.index is not None:
         counts = ", ".join(f"{s} {report.index.count(s)}" for s in SPLITS)
         lines.append(f"shards: {len(report.index.shards)}, samples: {counts} (held-out subjects: "

@@ -16,6 +16,7 @@ from meg2fmri.shards.format import RunId
 
 @dataclass(kw_only=True)
 class RunOutcome:
+    """One run's result: ok or the error, what was paired, what was decoded, and what it cost."""
     subject: str
     run: int
     ok: bool

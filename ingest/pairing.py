@@ -42,8 +42,9 @@ WINDOW_VOLUMES = 64  # paper: fMRI window length
 WINDOW_INDEX = 32  # paper: volume of the window that is paired
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PairingConfig:
+    """How MEG epochs are paired with fMRI targets (features, stride, lag, epoch, target kind)."""
     pairing: str = "windows"  # "windows" | "paper"
     features: str = "mean"  # "mean" | "bandpower"
     size: int = 32  # output image side, pixels
@@ -190,6 +191,7 @@ def meg_features(meg: np.ndarray, sfreq: float, starts: list[int], length: int, 
 
 @dataclass
 class RunPairs:
+    """One run's pairs: MEG vectors, targets, per-sample metadata, slice profile, warnings."""
     meg: np.ndarray  # (n, features) float32
     fmri: np.ndarray  # (n, *target shape) in [0, 1] (float32; volume targets are stored as float16)
     meta: list[dict]
@@ -213,6 +215,7 @@ class Windows:
 
 
 def run_windows(run: CachedRun, config: PairingConfig, meg: np.ndarray | None = None) -> Windows:
+    """The windows pairing of one run: an epoch every ``stride`` s with the volume ``lag`` s later."""
     a = run.attrs
     sfreq, tr = a["meg_sfreq"], a["fmri_tr"]
     meg = run.meg[:] if meg is None else meg

@@ -23,6 +23,7 @@ from .pairing import PairingConfig
 
 @dataclass
 class RunPairs:
+    """One run's pairs as stored between the task and the shard writer (``.npz`` under the work folder)."""
     meg: np.ndarray  # (samples, features) float32
     fmri: np.ndarray  # (samples, *target) in the target's stored dtype
     meta: list[dict]
@@ -31,15 +32,18 @@ class RunPairs:
 
 
 def pairs_folder(pairing: PairingConfig) -> str:
+    """The work folder of one pairing's pairs, named by a hash of its options."""
     digest = hashlib.sha256(json.dumps(pairing.to_json(), sort_keys=True).encode()).hexdigest()
     return f"{WORK}/pairs-{digest[:12]}"
 
 
 def pairs_path(pairing: PairingConfig, run: RunId) -> str:
+    """The ``.npz`` of one run's pairs in that folder."""
     return f"{pairs_folder(pairing)}/{run.name}.npz"
 
 
 def save_pairs(out: Location, pairing: PairingConfig, run: RunId, pairs: RunPairs, attempt: str = "") -> None:
+    """Commit one run's pairs (fenced by ``attempt``: a superseded attempt writes nothing)."""
     buffer = io.BytesIO()
     np.savez(buffer, meg=pairs.meg, fmri=pairs.fmri, meta=json.dumps(pairs.meta),
              correlation=pairs.correlation, storage_error=pairs.storage_error)
@@ -48,6 +52,7 @@ def save_pairs(out: Location, pairing: PairingConfig, run: RunId, pairs: RunPair
 
 
 def load_pairs(out: Location, pairing: PairingConfig, run: RunId) -> RunPairs:
+    """One run's committed pairs."""
     with np.load(io.BytesIO(out.read_bytes(pairs_path(pairing, run)))) as npz:
         return RunPairs(npz["meg"], npz["fmri"], json.loads(str(npz["meta"])), npz["correlation"],
                         float(npz["storage_error"]) if "storage_error" in npz else 0.0)

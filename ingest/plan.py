@@ -113,6 +113,8 @@ def canonical_channels(config: IngestConfig, tasks: list[RunTask], out: Location
 
 
 def select(found: list[tuple[str, int]], config: IngestConfig) -> list[tuple[str, int]]:
+    """The runs of ``found`` that ``--subjects`` and ``--runs`` ask for, or an error naming what is
+    missing."""
     subjects = sorted({s for s, _ in found})
     runs = sorted({r for _, r in found})
     if config.subjects is not None:

@@ -43,6 +43,7 @@ class RunInputError(InputError):
 
 @dataclass
 class MegRun:
+    """A run's preprocessed MEG: (channels, samples) at 100 Hz, channel names, story onset, warnings."""
     data: np.ndarray  # (channels, samples) float32, z-scored, at MEG_SFREQ, file-relative
     ch_names: list[str]
     story_onset: float  # s from the FIF file start (negative if the file starts after the story)
@@ -168,6 +169,7 @@ def preprocess_meg_file(path, name: str, duration: float | None, onset: float | 
 
 @dataclass
 class FmriRun:
+    """A run's preprocessed BOLD: normalised volumes, TR, affine, value range, slice means."""
     volumes: np.ndarray  # (volumes, slices, y, x) scanner values: a transposed view, not a copy
     slice_means: np.ndarray  # (volumes, slices) float64 of the normalised data
     tr: float
@@ -283,6 +285,7 @@ def load_bold(files: RunFiles, tr_sidecar: float) -> tuple[np.ndarray, np.ndarra
 
 
 def preprocess_fmri(files: RunFiles, tr_sidecar: float) -> FmriRun:
+    """Read a run's BOLD once and normalise it as the paper does (min-max over the run)."""
     volumes, affine = load_bold(files, tr_sidecar)
     if volumes.size == 0:
         raise RunInputError(f"{files.url('bold')}: no voxels (shape {volumes.shape[::-1]})")

@@ -41,6 +41,7 @@ class HashingWriter:
 
 def split_samples(out: Location, pairing: PairingConfig, runs: list[RunId], split_of: dict[RunId, str],
                   split: str) -> Iterator[Sample]:
+    """The samples of each split, in run order."""
     for run in runs:
         if split_of[run] != split:
             continue
@@ -51,6 +52,7 @@ def split_samples(out: Location, pairing: PairingConfig, runs: list[RunId], spli
 
 
 def chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
+    """``items`` in consecutive lists of at most ``size``."""
     batch: list[Sample] = []
     for sample in samples:
         batch.append(sample)

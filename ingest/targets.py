@@ -76,6 +76,7 @@ def training_mask(means: list[np.ndarray], affine: np.ndarray) -> nib.Nifti1Imag
 
 
 def file_digest(path: Path) -> str:
+    """The sha256 of a file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

@@ -17,6 +17,7 @@ from . import cache, targets
 from .bids_io import fmri_story, repetition_time
 from .config import IngestConfig, RunTask
 from .meter import reset_peak_memory, resident_mb
+from .outcome import RunOutcome
 from .pairing import PairingConfig, pair_run, slice_correlation
 from .pairs import RunPairs, save_pairs
 from .preprocess import preprocess_fmri, preprocess_meg
@@ -29,8 +30,8 @@ def needs_survey(pairing: PairingConfig) -> bool:
 
 
 def survey(cached: cache.CachedRun, pairing: PairingConfig) -> dict:
-    """What the driver's choice needs of one run: its slice-correlation profile (slice targets), or
-    its mean normalised volume and grid (volume targets: the training mask)."""
+    """What the driver's choice needs of one run (``RunOutcome`` fields): its slice-correlation
+    profile (slice targets), or its mean normalised volume and grid (volume targets: the mask)."""
     if pairing.target == "slice":
         return {"profile": slice_correlation(cached, pairing).tolist()}
     shape, affine = targets.grid_of(cached)
@@ -75,7 +76,7 @@ def decode_run(task: RunTask, config: IngestConfig, lap) -> float:
     return (meg.decoded_bytes + fmri.volumes.nbytes) / 2**20
 
 
-def ingest_run(task: RunTask, config: IngestConfig) -> dict:
+def ingest_run(task: RunTask, config: IngestConfig) -> RunOutcome:
     """One (subject, run): cache (reading FIF and NIfTI once) if needed, then pair; while the slice
     or the mask is not chosen yet (``needs_survey``), return what the driver needs to choose it over
     the training runs instead (``survey``)."""
@@ -92,7 +93,6 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
         seconds[stage] = now - clock
         clock = now
 
-    head = {"subject": task.subject, "run": task.run}
     try:
         if task.files is not None and not cache.is_cached(cache.committed_attrs(out, task.id), task.files):
             decoded_mb = decode_run(task, config, lap)
@@ -103,12 +103,12 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
                 raise
             decoded_mb = decode_run(task, config, lap)
             cached = cache.read_run(out, task.subject, task.run)
-        common = {**head, "ok": True, "decoded": decoded_mb > 0, "digests": cached.attrs.get("digests", {}),
-                  "fmri_tr": cached.attrs.get("fmri_tr"),
+        common = {"subject": task.subject, "run": task.run, "ok": True, "decoded": decoded_mb > 0,
+                  "digests": cached.attrs.get("digests", {}), "fmri_tr": cached.attrs.get("fmri_tr"),
                   "decoded_mb": decoded_mb, "seconds": seconds}
         if needs_survey(config.pairing):
-            return {**common, **survey(cached, config.pairing),
-                    "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
+            return RunOutcome(**common, **survey(cached, config.pairing),
+                              peak_task_mb=resident_mb("VmHWM") - baseline_mb)
         extract = targets.extractor(cached, config.pairing, out)
         pairs = pair_run(cached, config.pairing, extract)
         stored = pairs.fmri.astype(extract.layout.np_dtype)
@@ -117,10 +117,10 @@ def ingest_run(task: RunTask, config: IngestConfig) -> dict:
                    RunPairs(pairs.meg, stored, pairs.meta, pairs.slice_correlation, error), config.attempt)
         lap("pair")
     except (Meg2fmriError, OSError, ValueError) as err:
-        return {**head, "ok": False, "error": str(err)}
+        return RunOutcome.failure(task.id, str(err))
     except Exception as err:  # a bug must not stop the other runs either; say what it was
-        return {**head, "ok": False, "error": unexpected_error(task, err)}
-    return {**common, "count": len(pairs.meta), "slice": pairs.slice,
-            "warnings": cached.attrs["warnings"] + pairs.warnings, "storage_error": error,
-            "slice_correlation": slice_profile(pairs.slice_correlation),
-            "peak_task_mb": resident_mb("VmHWM") - baseline_mb}
+        return RunOutcome.failure(task.id, unexpected_error(task, err))
+    return RunOutcome(**common, count=len(pairs.meta), slice=pairs.slice,
+                      warnings=cached.attrs["warnings"] + pairs.warnings, storage_error=error,
+                      slice_correlation=slice_profile(pairs.slice_correlation),
+                      peak_task_mb=resident_mb("VmHWM") - baseline_mb)

@@ -15,6 +15,7 @@ from meg2fmri import commands
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments of ``meg2fmri shards``."""
     parser = argparse.ArgumentParser(prog="meg2fmri shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def verify(source: str, config, progress: bool) -> int:
+    """Check every shard against the index; 0 if all are whole, 1 otherwise."""
     from tqdm import tqdm
 
     from meg2fmri.shards.errors import Meg2fmriError
@@ -60,6 +62,7 @@ def verify(source: str, config, progress: bool) -> int:
 
 
 def info(source: str, config) -> int:
+    """Print the index's summary: dataset, features, target, split, counts, failed runs."""
     from meg2fmri.shards.split import SPLITS
 
     from .storage import open_store
@@ -81,6 +84,7 @@ def info(source: str, config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri shards``: parse ``argv``, run the subcommand; the exit code."""
     args = parse_args(argv)
 
     def work() -> int:

@@ -28,7 +28,7 @@ from .storage import LocalStore, S3Store
 CHUNK_BYTES = 64 << 20  # payload gathered per round, at most (at least one batch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StreamConfig:
     """What an epoch looks like; the same on every rank (only ``rank`` differs)."""
 

@@ -74,6 +74,7 @@ class SampleLayout:
 
 @dataclass(frozen=True)
 class ShardArrays:
+    """One shard's samples as strided views: MEG ``(n, width)``, targets, metadata."""
     name: str
     meg: np.ndarray  # (count, width) float32, strided view
     fmri: np.ndarray  # (count, *target shape) of the target dtype, strided view

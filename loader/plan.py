@@ -49,6 +49,7 @@ def _rng(*words: int) -> np.random.Generator:
 
 
 def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The shards of one epoch in their shuffled order (a pure function of seed and epoch)."""
     if not shuffle:
         return np.arange(n_shards)
     return _rng(seed, epoch, 0).permutation(n_shards)

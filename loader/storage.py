@@ -44,7 +44,7 @@ def _hasher() -> ThreadPoolExecutor:
     return _HASHERS[pid]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     """How shards are fetched and checked (the same for every backend)."""
 

@@ -44,6 +44,7 @@ def resolve_world(rank: int | None = None, world_size: int | None = None) -> tup
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA if present), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``."""
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())

@@ -19,14 +19,15 @@ VERBS = {
     "ingest": ("meg2fmri.ingest.cli", "BIDS (local or s3://) -> Zarr cache + WebDataset shards"),
     "shards": ("meg2fmri.loader.cli", "verify, describe or convert ingest's shards"),
     "train": ("meg2fmri.model.train_cli", "train the cGAN (or a control) streaming from shards"),
-    "evaluate": ("meg2fmri.model.evaluate_cli", "score runs and baselines on held-out sets, with intervals"),
+    "evaluate": ("meg2fmri.model.eval.evaluate_cli", "score models and baselines on held-out sets"),
     "generate": ("meg2fmri.model.generate_cli", "a MEG recording (FIF) in, a BOLD NIfTI out"),
-    "oracle": ("meg2fmri.model.oracle_cli", "a synth dataset's noise-free truth for evaluate --oracle"),
+    "oracle": ("meg2fmri.model.eval.oracle_cli", "a synth dataset's noise-free truth for evaluate --oracle"),
     "bench": ("meg2fmri.bench.cli", "throughput against the alternatives; bench study: the learning curve"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: ``--version`` and the verb."""
     p = argparse.ArgumentParser(
         prog="meg2fmri", description="MEG recordings into synthetic fMRI: a data engine and a cGAN. "
         "`meg2fmri VERB --help` for each verb's options. Exit codes: 0 done, 1 some of the work failed, "
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri VERB ARGS``: hand ``ARGS`` to the verb's ``main``; its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if not argv or argv[0].startswith("-"):

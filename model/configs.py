@@ -17,6 +17,7 @@ VARIANTS = ("cgan", "no_adversarial", "shuffled")
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
+    """One training run: shards, output, variant, schedule, target, head and resume."""
     shards: str
     out: str
     variant: str = "cgan"  # cgan | no_adversarial (MSE only) | shuffled (MEG permuted within batches)
@@ -80,6 +81,7 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
+    """One evaluation: shards, trained runs, output, statistics, oracle, stimulus and ROI."""
     shards: str
     runs: str | None  # folder holding one run folder per variant (cgan/, ...); None: baselines only
     out: str
@@ -114,6 +116,7 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig:
+    """One generation: a trained model, a recording, where its story runs, and the output."""
     model: str  # a train --out folder (or its checkpoint.pt)
     meg: str  # a FIF path or s3:// URL
     # FILE.nii.gz (or .tsv for parcels), or a folder (or s3:// prefix) for a BIDS derivatives tree;

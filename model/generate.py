@@ -34,6 +34,7 @@ from meg2fmri.shards.errors import InputError
 
 from .checkpoint import ModelCard, load_checkpoint
 from .configs import GenerateConfig
+from .eval.figures import show_axial
 from .nets import from_tanh
 from .outputs import checkpoint_of, location, put_figure, put_json, put_nifti, put_text
 from .train import generator_from_checkpoint
@@ -181,6 +182,7 @@ def recording_features(config: GenerateConfig, card: ModelCard) -> tuple[np.ndar
 
 
 def predict(generator, features: np.ndarray, batch: int, progress: bool) -> np.ndarray:
+    """The generator's predictions for ``features``, ``batch`` at a time."""
     out = []
     with torch.no_grad():
         for a in tqdm(range(0, len(features), batch), desc="generate", unit="batch", disable=not progress):
@@ -193,6 +195,7 @@ DERIVATIVE = "derivatives/meg2fmri"
 
 
 def package_version() -> str:
+    """meg2fmri's installed version (``unknown`` in an uninstalled tree)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -202,6 +205,7 @@ def package_version() -> str:
 
 
 def is_file_name(out: str) -> bool:
+    """Whether ``--out`` names a file (``.nii.gz``, ``.nii``, ``.tsv``) rather than a folder."""
     return out.endswith((".nii.gz", ".nii", ".tsv"))
 
 
@@ -234,6 +238,7 @@ def output_path(config: GenerateConfig, kind: str) -> tuple[str, str, str | None
 
 
 def dataset_description() -> dict:
+    """The BIDS derivatives' ``dataset_description.json`` of generated series."""
     return {"Name": "meg2fmri synthetic BOLD", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
             "GeneratedBy": [{"Name": "meg2fmri", "Version": package_version(),
                              "Description": "generate: synthetic BOLD predicted from MEG by a trained model",
@@ -279,7 +284,8 @@ def montage(pred: np.ndarray, placement: dict, tr: float, out, rel: str, title: 
         ax.plot(np.arange(len(pred)) * tr, pred)
         ax.set(xlabel="s after the first volume", ylabel="normalised BOLD", title=title)
     else:
-        fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames), 2.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(frames), figsize=(2 * len(frames) + 1, 2.6), squeeze=False,
+                                 layout="constrained")
         if placement["kind"] == "volume":
             img = series_image(pred, placement, tr).get_fdata()
             z = img.shape[2] // 2
@@ -287,11 +293,11 @@ def montage(pred: np.ndarray, placement: dict, tr: float, out, rel: str, title: 
         else:
             images = [pred[t] - pred.mean(axis=0) for t in frames]
         peak = max(float(np.abs(images).max()), 1e-9)
-        for ax, image, t in zip(axes[0], images, frames, strict=True):
-            ax.imshow(image.T if placement["kind"] == "volume" else image, origin="lower", cmap="RdBu_r",
-                      vmin=-peak, vmax=peak)
+        for col, (ax, image, t) in enumerate(zip(axes[0], images, frames, strict=True)):
+            shown = show_axial(ax, image, placement.get("affine"), labels=col == 0, cmap="RdBu_r",
+                               vmin=-peak, vmax=peak)
             ax.set_title(f"{t * tr:.1f} s", fontsize=8)
-            ax.axis("off")
+        fig.colorbar(shown, ax=list(axes[0]), shrink=0.7, label="change from the series mean")
         fig.suptitle(title, fontsize=9)
     put_figure(out, rel, fig, dpi=80, bbox_inches="tight")
     plt.close(fig)

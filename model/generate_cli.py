@@ -22,6 +22,7 @@ log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meg2fmri generate``."""
     p = argparse.ArgumentParser(prog="meg2fmri generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a `train --out` folder (or its checkpoint.pt)")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri generate``: parse ``argv``, generate; the exit code."""
     args = build_parser().parse_args(argv)
 
     def work() -> None:

@@ -35,10 +35,12 @@ def location(url: str, storage_options: dict | None = None) -> Location:
 
 
 def put_json(out: Location, rel: str, obj) -> None:
+    """Put ``obj`` as indented JSON at ``rel``."""
     out.put(rel, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def put_text(out: Location, rel: str, text: str) -> None:
+    """Put ``text`` (UTF-8) at ``rel``."""
     out.put(rel, text.encode())
 
 
@@ -50,6 +52,7 @@ def put_figure(out: Location, rel: str, fig, **savefig) -> None:
 
 
 def put_npz(out: Location, rel: str, **arrays: np.ndarray) -> None:
+    """Put ``arrays`` as one ``.npz`` at ``rel``."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     out.put(rel, buffer.getvalue())
@@ -62,6 +65,7 @@ def put_nifti(out: Location, rel: str, img) -> None:
 
 
 def save_checkpoint(out: Location, state: dict) -> None:
+    """Put a checkpoint's state (``torch.save``) as ``checkpoint.pt``, whole."""
     import torch
 
     buffer = io.BytesIO()

@@ -75,6 +75,7 @@ def generator_from_checkpoint(state: dict, card: ModelCard) -> nn.Module:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and fix MKL's code paths (bit-for-bit resumes)."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - third-party code may draw from the global generator
     torch.manual_seed(seed)
@@ -88,12 +89,14 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
+    """Every generator's state, for a checkpoint."""
     return {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the generators' states of a checkpoint."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
@@ -113,6 +116,7 @@ def resume_state(out: Location, width: int, target: TargetLayout, smooth: float)
 
 @dataclass(frozen=True)
 class TrainingMeans:
+    """The training set's mean target, each run's offset from it, and changes for the components."""
     image: torch.Tensor  # (*target shape) mean training target in [0, 1]
     run_offsets: torch.Tensor  # (runs, *target shape): the mean training target minus each run's mean
     run_of: torch.Tensor  # (n_train,) int64: the run of each training sample id
@@ -201,17 +205,87 @@ def principal_components(changes: torch.Tensor, config: TrainConfig) -> tuple[di
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def train(config: TrainConfig, progress: bool = True) -> str:
-    """Train one variant; return the checkpoint path. Resumes from ``out/checkpoint.pt`` if asked."""
+def start_distributed() -> tuple[bool, int]:
+    """``(distributed, rank)``: join the process group ``torchrun`` set up (NCCL on GPUs, gloo else)."""
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = torch.distributed.get_rank() if distributed else 0
     if distributed and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return distributed, rank
+
+
+@dataclass
+class Networks:
+    """The generator and critic with their optimisers, schedules and the shuffled control's generator:
+    everything of a run's state but the loader and the step."""
+
+    generator: nn.Module
+    critic: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+    shuffler: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": unwrap(self.generator).state_dict(), "critic": unwrap(self.critic).state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "shuffler": self.shuffler.get_state()}
+
+
+def build_networks(config: TrainConfig, width: int, target: TargetLayout, means: TrainingMeans, device,
+                   state: dict | None) -> tuple[Networks, dict | None, dict | None]:
+    """The networks (restored from ``state`` when resuming) and the low-rank head and how it was chosen
+    (None for slices). The order of random draws is fixed: a resumed run goes on bit for bit."""
+    head, head_choice = None, None
+    if target.kind != "slice":
+        head, head_choice = principal_components(means.changes, config)
+        head["mean"] = to_tanh(means.image)
+    generator, critic = (m.to(device) for m in build_models(width, target, config.smooth, head))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
+                             weight_decay=config.weight_decay)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
+    nets = Networks(generator, critic, opt_g, opt_d,
+                    torch.optim.lr_scheduler.StepLR(opt_g, config.lr_step_epochs, config.lr_gamma),
+                    torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma),
+                    torch.Generator())
+    if state is not None:
+        generator.load_state_dict(state["generator"])
+        critic.load_state_dict(state["critic"])
+        for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (nets.sched_g, "sched_g"),
+                         (nets.sched_d, "sched_d")):
+            obj.load_state_dict(state[key])
+        set_rng_state(state["rng"])
+    elif target.kind == "slice":
+        generator.start_from(means.image)
+    return nets, head, head_choice
+
+
+def model_card(config: TrainConfig, loader: ShardLoader, keep: torch.Tensor, means: TrainingMeans,
+               head: dict | None, head_choice: dict | None) -> ModelCard:
+    """The card of the model being trained: what it reads, predicts and was trained on."""
+    index = loader.index
+    placement = dict(index.target)  # what `generate` needs to write NIfTI: grid, affine, mask
+    if index.target_layout.kind == "volume":
+        placement["mask_bits"] = np.packbits(np.asarray(read_mask(loader.store, index).dataobj) > 0)
+    features = index.feature_spec
+    return ModelCard(
+        width=len(keep), target=index.target_layout, head="dense" if head is None else "lowrank",
+        head_choice=head_choice, features=features.kind, feature_names=features.names,
+        feature_index=tuple(keep.tolist()), smooth=config.smooth, pairing=index.pairing.to_dict(),
+        tr=index.tr, mean_target=means.image.cpu().numpy(), placement=placement, versions=versions())
+
+
+def train(config: TrainConfig, progress: bool = True) -> str:
+    """Train one variant; return the checkpoint path. Resumes from ``out/checkpoint.pt`` if asked."""
+    distributed, rank = start_distributed()
     out = location(config.out, config.storage_options)
     if rank == 0:
         out.check_writable()
@@ -222,101 +296,64 @@ def train(config: TrainConfig, progress: bool = True) -> str:
                          device=config.device)
     device, index = loader.device, loader.index
     keep = torch.tensor(feature_mask(index.features["names"], config.meg_only), device=device)
-    width, target = len(keep), index.target_layout
+    target = index.target_layout
     if not config.resume and out.exists(CHECKPOINT):
         raise InputError(f"{out.url_of(CHECKPOINT)}: a run is already here; pass --resume to continue it, or "
                          "another --out")
     missing = index.missing_runs()
     if missing and rank == 0:  # a partial dataset is said, not silently trained on
         logger.warning(f"train: warning: {len(missing)} run(s) of the dataset are not in these shards "
-                    "(ingest could not use them):\n" + "\n".join(f"  {line}" for line in missing))
-    state = resume_state(out, width, target, config.smooth) if config.resume else None
+                       "(ingest could not use them):\n" + "\n".join(f"  {line}" for line in missing))
+    state = resume_state(out, len(keep), target, config.smooth) if config.resume else None
     if state is not None:
         loader.load_state_dict(state["loader"])  # checks the shards are the ones it was trained on
     means = training_means(config, target)  # after the checks above: bad inputs fail before any pass
-    head, head_choice = None, None
-    if target.kind != "slice":
-        head, head_choice = principal_components(means.changes, config)
-        head["mean"] = to_tanh(means.image)
-    generator, critic = (m.to(device) for m in build_models(width, target, config.smooth, head))
-    placement = dict(index.target)  # what `generate` needs to write NIfTI: grid, affine, mask
-    if target.kind == "volume":
-        placement["mask_bits"] = np.packbits(np.asarray(read_mask(loader.store, index).dataobj) > 0)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas,
-                             weight_decay=config.weight_decay)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
-    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, config.lr_step_epochs, config.lr_gamma)
-    sched_d = torch.optim.lr_scheduler.StepLR(opt_d, config.lr_step_epochs, config.lr_gamma)
-    step = 0
-    if config.resume:
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        for obj, key in ((opt_g, "opt_g"), (opt_d, "opt_d"), (sched_g, "sched_g"), (sched_d, "sched_d")):
-            obj.load_state_dict(state[key])
-        set_rng_state(state["rng"])
-        step = state["step"]
+    nets, head, head_choice = build_networks(config, len(keep), target, means, device, state)
+    step = state["step"] if state is not None else 0
     deviations = means.to(device) if config.target == "deviation" else None
-    if not config.resume and target.kind == "slice":
-        generator.start_from(means.image)
     if distributed:
-        generator = nn.parallel.DistributedDataParallel(generator)
-        critic = nn.parallel.DistributedDataParallel(critic)
-    bce, mse = nn.BCEWithLogitsLoss(), nn.MSELoss()
-    shuffler = torch.Generator().manual_seed(config.seed + 1)
-    if config.resume and "shuffler" in state:
-        shuffler.set_state(state["shuffler"])
+        nets.generator = nn.parallel.DistributedDataParallel(nets.generator)
+        nets.critic = nn.parallel.DistributedDataParallel(nets.critic)
+    nets.shuffler.manual_seed(config.seed + 1)
+    if state is not None and "shuffler" in state:
+        nets.shuffler.set_state(state["shuffler"])
     if config.resume and rank == 0:
         drop_log_after(out, step)
     log: list[dict] | None = [] if rank == 0 else None  # records since the last checkpoint
-    card = ModelCard(
-        width=width, target=target, head="dense" if head is None else "lowrank", head_choice=head_choice,
-        features=index.features["kind"], feature_names=tuple(index.features["names"]),
-        feature_index=tuple(keep.tolist()), smooth=config.smooth, pairing=index.pairing.to_dict(),
-        tr=index.tr, mean_target=means.image.cpu().numpy(), placement=placement, versions=versions())
+    card = model_card(config, loader, keep, means, head, head_choice)
 
     def checkpoint() -> None:
         if rank != 0:
             return
         write_log_part(out, step, log)
         log.clear()
-        save_checkpoint(out, {
-                     "generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
-                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                     "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-                     "loader": loader.state_dict(), "rng": rng_state(), "shuffler": shuffler.get_state(),
-                     "step": step,
-                     "card": card.to_dict(),
-                     "config": {**asdict(config), "storage_options": {}}, "index_dataset": index.dataset,
-                     "missing_runs": missing})
+        save_checkpoint(out, {**nets.state_dict(), "loader": loader.state_dict(), "rng": rng_state(),
+                              "step": step, "card": card.to_dict(),
+                              "config": {**asdict(config), "storage_options": {}},
+                              "index_dataset": index.dataset, "missing_runs": missing})
 
-    stopped = False
+    bce, mse = nn.BCEWithLogitsLoss(), nn.MSELoss()
     for epoch in range(loader.epoch, config.epochs):
         loader.set_epoch(epoch)
         wait = busy = 0.0
         bar = tqdm(total=len(loader), initial=loader.position, desc=f"{config.variant} epoch {epoch + 1}",
                    disable=not progress or rank != 0, unit="batch")
         batches = iter(loader)
+        stopped = False
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
             t1 = time.perf_counter()
             if batch is None:
                 break
-            meg, image = batch["meg"][:, keep], batch["fmri"].float()
-            if deviations is not None:
-                offsets = deviations.offsets(batch["index"])
-                image = image + (offsets[:, None] if target.kind == "slice" else offsets)
-            real = to_tanh(image)
-            if config.variant == "shuffled":
-                meg = meg[torch.randperm(len(meg), generator=shuffler).to(device)]
-            losses = update(generator, critic, opt_g, opt_d, meg, real, bce, mse, config)
+            meg, real = training_pair(batch, keep, deviations, target, config, nets.shuffler)
+            losses = update(nets.generator, nets.critic, nets.opt_g, nets.opt_d, meg, real, bce, mse, config)
             step += 1
             t2 = time.perf_counter()
             wait, busy = wait + (t1 - t0), busy + (t2 - t0)
             if log is not None:
-                record = {"step": step, "epoch": epoch, **losses, "lr": opt_g.param_groups[0]["lr"],
-                          "samples_per_s": len(meg) / (t2 - t0), "data_wait": (t1 - t0) / (t2 - t0)}
-                log.append(record)
+                log.append({"step": step, "epoch": epoch, **losses, "lr": nets.opt_g.param_groups[0]["lr"],
+                            "samples_per_s": len(meg) / (t2 - t0), "data_wait": (t1 - t0) / (t2 - t0)})
             bar.update(1)
             if step % config.checkpoint_every == 0:
                 checkpoint()
@@ -328,15 +365,28 @@ def train(config: TrainConfig, progress: bool = True) -> str:
             batches.close()
             checkpoint()
             break
-        sched_g.step()
+        nets.sched_g.step()
         if config.variant != "no_adversarial":  # its critic never steps
-            sched_d.step()
+            nets.sched_d.step()
         if log is not None:
-            record = {"epoch_end": epoch, "step": step, "data_wait_fraction": wait / max(busy, 1e-9),
-                      "lr": opt_g.param_groups[0]["lr"], "seconds": busy}
-            log.append(record)
+            log.append({"epoch_end": epoch, "step": step, "data_wait_fraction": wait / max(busy, 1e-9),
+                        "lr": nets.opt_g.param_groups[0]["lr"], "seconds": busy})
         checkpoint()
     return out.url_of(CHECKPOINT)
+
+
+def training_pair(batch: dict, keep: torch.Tensor, deviations: TrainingMeans | None, target: TargetLayout,
+                  config: TrainConfig, shuffler: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as the model trains on it: the features it reads, and the targets in Tanh units
+    (deviation targets: each run's mean replaced by the training mean; ``shuffled``: the MEG
+    vectors permuted within the batch)."""
+    meg, image = batch["meg"][:, keep], batch["fmri"].float()
+    if deviations is not None:
+        offsets = deviations.offsets(batch["index"])
+        image = image + (offsets[:, None] if target.kind == "slice" else offsets)
+    if config.variant == "shuffled":
+        meg = meg[torch.randperm(len(meg), generator=shuffler).to(meg.device)]
+    return meg, to_tanh(image)
 
 
 def update(generator, critic, opt_g, opt_d, meg, real, bce, mse, config: TrainConfig) -> dict:

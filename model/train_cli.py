@@ -20,6 +20,7 @@ log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meg2fmri train``."""
     d = TrainConfig(shards="", out="")
     p = argparse.ArgumentParser(prog="meg2fmri train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri train``: parse ``argv``, train; the exit code."""
     args = build_parser().parse_args(argv)
 
     def work() -> None:

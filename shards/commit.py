@@ -30,6 +30,7 @@ S3 = "s3://"
 
 
 def is_remote(url: str | Path) -> bool:
+    """Whether ``url`` is an ``s3://`` URL."""
     return str(url).startswith(S3)
 
 

@@ -121,16 +121,19 @@ RUN_NAME = re.compile(r"^sub-([A-Za-z0-9]+)_run-(\d+)(?:_|$)")
 
 
 def sample_key(subject: str, run: int, index: int) -> str:
+    """``sub-XX_run-N_wIIII``: a sample's key (no dots: webdataset splits keys at the first)."""
     return f"{RunId(subject, run).name}_w{index:04d}"
 
 
 def npy_bytes(array: np.ndarray, dtype: np.dtype = SAMPLE_DTYPE) -> bytes:
+    """An array as ``.npy`` bytes in ``dtype``."""
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
     return buffer.getvalue()
 
 
 def meta_bytes(meta: dict) -> bytes:
+    """A sample's metadata as UTF-8 JSON, space-padded to ``META_BYTES``."""
     missing = set(META_FIELDS) - set(meta)
     if missing:
         raise ValueError(f"sample metadata lacks {sorted(missing)}")
@@ -142,6 +145,7 @@ def meta_bytes(meta: dict) -> bytes:
 
 @dataclass(frozen=True)
 class Sample:
+    """One sample: key, MEG vector, target, metadata."""
     key: str
     meg: np.ndarray  # (n_features,) float32
     fmri: np.ndarray  # the target (TargetLayout), in [0, 1]

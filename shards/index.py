@@ -68,6 +68,7 @@ class PairingSpec:
 
 @dataclass(frozen=True)
 class ShardEntry:
+    """One shard in the index: its file, split, sample count, bytes, sha256 and first/last key."""
     name: str  # file name relative to the index's folder
     split: str
     count: int  # samples
@@ -79,6 +80,7 @@ class ShardEntry:
 
 @dataclass(frozen=True)
 class ShardIndex:
+    """``index.json``: every shard, the layout, target, split, features, runs and configuration."""
     dataset: dict  # name and fingerprint of the BIDS dataset the shards come from
     features: dict  # {"kind": "mean"|"bandpower", "width": int, "names": [...]}
     # {"kind": "slice"|"volume"|"parcels", "shape": [...], "dtype": "float32"|"float16", ...}: volume
@@ -166,6 +168,7 @@ class ShardIndex:
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, read in 4-MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -174,6 +177,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def index_bytes(index: ShardIndex) -> bytes:
+    """The index as the bytes ``index.json`` holds."""
     return (json.dumps(index.to_json(), indent=1) + "\n").encode()
 
 

@@ -15,6 +15,29 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 DATA = Path(__file__).parent / "data"
 
+# Markers (pyproject registers them): `make test-quick` runs what has none of them.
+# slow: writes a synth dataset or ingests one (session fixtures below, or the modules that do it
+# themselves); s3: a moto server on loopback; ray: a Ray cluster; gpu: a CUDA device.
+DATASET_FIXTURES = {"tiny_root", "long_root", "defects_root", "ingested", "volume_runs"}
+SLOW_MODULES = {"test_ingest", "test_ingest_faults", "test_inputs", "test_s3_cluster", "test_study",
+                "test_bench", "test_calibrate", "test_bids_validator", "test_synth_cli", "test_synth_layout"}
+RAY_MODULES = {"test_ingest", "test_ingest_faults", "test_inputs", "test_s3_cluster", "test_study",
+               "test_bench"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        names, module = set(item.fixturenames), item.module.__name__.rpartition(".")[2]
+        if names & {"s3_server", "aws_env", "s3_shards"}:
+            item.add_marker(pytest.mark.s3)
+        if "ray_session" in names or module in RAY_MODULES:
+            item.add_marker(pytest.mark.ray)
+        if names & DATASET_FIXTURES or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        params = getattr(item, "callspec", None)
+        if params is not None and "cuda" in str(params.params.get("device", "")):
+            item.add_marker(pytest.mark.gpu)
+
 
 def run_synth(out: Path, *args: str) -> Path:
     code = synth_cli.main(["--out", str(out), "--quiet", *args])

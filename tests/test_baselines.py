@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.io import wavfile
 
-from meg2fmri.model import baselines
+from meg2fmri.model.eval import baselines
 
 
 def meta_of(subject: str, run: int, volumes, times=None) -> list[dict]:
@@ -88,8 +88,8 @@ def test_primal_ridge_cv_is_himalayas_ridge_cv():
     array, 73 GB at make study's size) picks the same penalty per target and predicts the same values."""
     from himalaya.ridge import RidgeCV
 
-    from meg2fmri.model.baselines import ALPHAS, PrimalRidgeCV
-    from meg2fmri.model.stats import grouped_folds
+    from meg2fmri.model.eval.baselines import ALPHAS, PrimalRidgeCV
+    from meg2fmri.model.eval.stats import grouped_folds
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1200, 40))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import from_cache
 
-from meg2fmri.model import evaluate_cli, oracle_cli
-from meg2fmri.model import oracle as synth_oracle
-from meg2fmri.model.evaluate import oracle_signal
-from meg2fmri.model.metrics import per_image, ssim_maps, voxel_r
-from meg2fmri.model.paper import paper_scores
+from meg2fmri.model.eval import evaluate_cli, oracle_cli
+from meg2fmri.model.eval import oracle as synth_oracle
+from meg2fmri.model.eval.evaluate import oracle_signal
+from meg2fmri.model.eval.metrics import per_image, ssim_maps, voxel_r
+from meg2fmri.model.eval.paper import paper_scores
 from meg2fmri.model.train import TrainConfig, train
 
 
@@ -159,3 +159,26 @@ def test_oracle_signal_is_the_truths_change_on_the_mean_anatomy():
     for g in by_run:
         assert np.allclose(out[g].mean(axis=0), mean_image)  # each run averages to the mean image
         assert np.allclose(np.diff(out[g], axis=0), np.diff(oracle[g], axis=0))  # the same changes
+
+
+def test_axial_figures_are_labelled_from_the_affine_in_one_orientation():
+    """Every axial image is drawn i left to right, j upwards; the labels follow the affine's signs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from meg2fmri.model.eval.figures import orientation, show_axial
+
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert orientation(ras) == (("L", "R"), ("P", "A"))
+    assert orientation(np.diag([-2.0, 2.0, 2.0, 1.0])) == (("R", "L"), ("P", "A"))  # LAS (radiological)
+    assert orientation(np.diag([2.0, -2.0, 2.0, 1.0])) == (("L", "R"), ("A", "P"))
+    image = np.zeros((4, 3))
+    image[3, 0] = 1.0  # the last i (right on RAS), the first j (posterior)
+    fig, ax = plt.subplots()
+    shown = show_axial(ax, image, ras)
+    drawn = shown.get_array()
+    assert drawn.shape == (3, 4) and drawn[0, 3] == 1.0 and shown.origin == "lower"  # bottom right
+    assert sorted(t.get_text() for t in ax.texts) == ["A", "L", "P", "R"]
+    plt.close(fig)

@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meg2fmri.model import evaluate_cli, generate_cli, oracle_cli
+from meg2fmri.model import generate_cli
+from meg2fmri.model.eval import evaluate_cli, oracle_cli
+from meg2fmri.model.eval.volume_maps import run_maps
 from meg2fmri.model.train import TrainConfig, train
-from meg2fmri.model.volume_maps import run_maps
 
 MEG = "sub-{s}/meg/sub-{s}_task-RDR_run-{r}_{suffix}"
 

@@ -186,7 +186,7 @@ def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path,
     from meg2fmri.ingest.plan import plan
     from meg2fmri.ingest.task import ingest_run
 
-    config = IngestConfig(url, str(tmp_path / "no-credentials"), preprocessed=True, anon=False,
+    config = IngestConfig(bids_root=url, out=str(tmp_path / "no-credentials"), preprocessed=True, anon=False,
                           storage_options={"endpoint_url": s3_server})
     task = pickle.dumps(plan(config)[0][0])
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -195,5 +195,5 @@ def test_preprocessed_derivatives_are_read_with_raw_tree_events(tiny_root: Path,
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-such-file"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # and no instance role to ask
     result = ingest_run(pickle.loads(task), config)
-    assert not result["ok"] and "sub-01_run-1: no AWS credentials on" in result["error"]
-    assert "every Ray node" in result["error"] and "--storage-options" in result["error"]
+    assert not result.ok and "sub-01_run-1: no AWS credentials on" in result.error
+    assert "every Ray node" in result.error and "--storage-options" in result.error

@@ -113,10 +113,10 @@ def test_a_faulty_run_fails_alone_and_is_redone_once_fixed(tiny_root: Path, tmp_
     # fix one run: only that run is decoded again, the others are not redone
     shutil.copy(tiny_root / STEM.format(s="01", d="func", r=2, x="events.tsv"),
                 root / STEM.format(s="01", d="func", r=2, x="events.tsv"))
-    report = run_ingest(IngestConfig(root, out, pairing=PairingConfig(slice=4)), progress=False)
-    by_run = {(r["subject"], r["run"]): r for r in report.results}
-    assert by_run[("01", 2)]["ok"] and by_run[("01", 2)]["decoded"]
-    assert by_run[("04", 1)].get("resumed") and not by_run[("04", 1)]["decoded"]
+    report = run_ingest(IngestConfig(bids_root=root, out=out, pairing=PairingConfig(slice=4)), progress=False)
+    by_run = {(r.subject, r.run): r for r in report.results}
+    assert by_run[("01", 2)].ok and by_run[("01", 2)].decoded
+    assert by_run[("04", 1)].resumed and not by_run[("04", 1)].decoded
     assert len(report.failed) == 6
     assert report.index.count("train") == 20  # sub-01 story 2 is a training run
 
@@ -182,9 +182,9 @@ def test_kill_9_then_rerun_gives_the_same_shards(tiny_root: Path, tmp_path: Path
         proc.wait()
     cached = len(committed(out))
     assert not (out / "index.json").exists()
-    report = run_ingest(IngestConfig(tiny_root, out, shard_samples=30), progress=False)
+    report = run_ingest(IngestConfig(bids_root=tiny_root, out=out, shard_samples=30), progress=False)
     assert not report.failed
-    decoded_again = sum(1 for r in report.results if r["decoded"])
+    decoded_again = sum(1 for r in report.results if r.decoded)
     assert decoded_again <= 12 - cached  # runs cached before the kill are not decoded again
     assert shard_digests(out) == shard_digests(ingested)
     # the index's per-run profiles, of runs resumed and of runs paired again alike

@@ -16,7 +16,8 @@ import pytest
 from conftest import from_cache
 
 from meg2fmri.ingest import cli as ingest_cli
-from meg2fmri.model import evaluate_cli, generate_cli, train_cli
+from meg2fmri.model import generate_cli, train_cli
+from meg2fmri.model.eval import evaluate_cli
 from meg2fmri.shards.format import read_shard
 from meg2fmri.shards.index import read_index
 
@@ -145,7 +146,7 @@ def test_a_straggler_of_a_superseded_attempt_writes_nothing(tiny_root: Path, tmp
     from meg2fmri.shards.errors import StaleAttemptError
 
     out = tmp_path / "out"
-    config = IngestConfig(tiny_root, out, subjects=("01", "02"), runs=(1,), held_out=("02",),
+    config = IngestConfig(bids_root=tiny_root, out=out, subjects=("01", "02"), runs=(1,), held_out=("02",),
                           held_out_stories=(), pairing=PairingConfig(slice=5))
     run_ingest(config, progress=False)
     first = (out / ATTEMPT).read_text()
@@ -157,7 +158,7 @@ def test_a_straggler_of_a_superseded_attempt_writes_nothing(tiny_root: Path, tmp
         config.pairing, channels=tuple(index.features["channels"]["names"])))
     task = plan(config)[0][0]
     result = ingest_run(task, stale)
-    assert not result["ok"] and "superseded" in result["error"]
+    assert not result.ok and "superseded" in result.error
     with pytest.raises(StaleAttemptError, match="superseded"):
         decode_run(task, stale, lambda stage: None)
     assert tree(out) == before  # identical, and no orphan
@@ -166,7 +167,7 @@ def test_a_straggler_of_a_superseded_attempt_writes_nothing(tiny_root: Path, tmp
 def test_degenerate_ridge_says_so_and_a_fitted_one_does_not():
     """A feature-target relation whose sign flips between the two subjects cannot generalise to a new
     subject: grouped cross-validation shrinks every target to the mean image, and the fit says so."""
-    from meg2fmri.model.baselines import fit_ridge
+    from meg2fmri.model.eval.baselines import fit_ridge
 
     rng = np.random.default_rng(0)
     meta = [{"subject": s, "run": r, "fmri_volume": v} for s in ("01", "02") for r in (1, 2, 3, 4)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from meg2fmri.model import evaluate_cli, train_cli
-from meg2fmri.model.evaluate import EvalConfig, load_split
-from meg2fmri.model.metrics import voxel_r
-from meg2fmri.model.roi import training_roi
+from meg2fmri.model import train_cli
+from meg2fmri.model.eval import evaluate_cli
+from meg2fmri.model.eval.evaluate import EvalConfig, load_split
+from meg2fmri.model.eval.metrics import voxel_r
+from meg2fmri.model.eval.roi import training_roi
 
 
 def test_the_roi_is_where_subjects_share_a_response():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meg2fmri.model.stats import (
+from meg2fmri.model.eval.stats import (
     cluster_bootstrap,
     grouped_folds,
     resampling_unit,
@@ -119,7 +119,7 @@ def test_grouped_folds_validate_on_subjects_and_stories_their_training_part_neve
 def test_shift_tables_equal_r_over_each_overlap():
     """The FFT form of the non-circular shift null gives, per pixel and shift, the Pearson r of the
     overlapping samples, and 0 for a constant column (as ``standardise`` does)."""
-    from meg2fmri.model.stats import shift_tables, standardise
+    from meg2fmri.model.eval.stats import shift_tables, standardise
 
     rng = np.random.default_rng(0)
     pred = rng.standard_normal((40, 7)).cumsum(axis=0).astype(np.float32)

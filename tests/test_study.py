@@ -80,7 +80,7 @@ def test_study_writes_a_learning_curve_and_resumes_where_it_stopped(tmp_path: Pa
 
 def test_evaluate_refuses_an_roi_of_another_target(tmp_path: Path, ingested: Path):
     """--roi of another shape (e.g. a volume ROI on slice shards), or no such file: exit 2."""
-    from meg2fmri.model import evaluate_cli
+    from meg2fmri.model.eval import evaluate_cli
 
     bad = tmp_path / "roi.npz"
     np.savez(bad, roi=np.ones((7, 7), dtype=bool))

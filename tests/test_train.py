@@ -80,7 +80,7 @@ def test_train_and_evaluate_write_to_s3(ingested, s3_server, tmp_path, capsys):
     """``--out s3://...`` for train and evaluate (moto on loopback): each object put whole."""
     import boto3
 
-    from meg2fmri.model import evaluate_cli
+    from meg2fmri.model.eval import evaluate_cli
 
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="meg2fmri-runs")

@@ -43,23 +43,28 @@ def run_stem(subject: str, run: int) -> str:
 
 
 def meg_dir(root: Path, subject: str) -> Path:
+    """``root/sub-XX/meg``."""
     return root / f"sub-{subject}" / "meg"
 
 
 def func_dir(root: Path, subject: str) -> Path:
+    """``root/sub-XX/func``."""
     return root / f"sub-{subject}" / "func"
 
 
 def write_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as indented JSON."""
     path.write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[object]], bom: bool = False) -> None:
+    """Write a BIDS TSV (``n/a`` for missing values)."""
     lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
     path.write_text((BOM if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 def template(name: str) -> dict:
+    """A real ds004078 sidecar (``reference/ds004078``) as a dict."""
     return json.loads(data_file(name).read_text(encoding="utf-8"))
 
 
@@ -89,6 +94,7 @@ def write_top_level(root: Path, config: SynthConfig) -> None:
 
 
 def readme_text(config: SynthConfig) -> str:
+    """The dataset README: what is synthetic, how it was made, where the truth is."""
     c: Coupling = config.coupling
     return f"""#### Overview
 
@@ -122,6 +128,7 @@ duration from the time point of the ending trigger.
 
 
 def write_subject_sidecars(root: Path, subject: str) -> None:
+    """A subject's folders and its MEG ``_coordsystem.json`` (from ds004078's)."""
     meg_dir(root, subject).mkdir(parents=True, exist_ok=True)
     func_dir(root, subject).mkdir(parents=True, exist_ok=True)
     write_json(meg_dir(root, subject) / f"sub-{subject}_coordsystem.json", template("coordsystem.json"))
@@ -129,6 +136,7 @@ def write_subject_sidecars(root: Path, subject: str) -> None:
 
 def write_meg_sidecars(root: Path, plan: RunPlan, timing: MegTiming, coupling: Coupling,
                        sfreq: float = MEG_SFREQ) -> None:
+    """A MEG run's ``_meg.json``, ``_channels.tsv`` and ``_events.tsv`` as ds004078 writes them."""
     stem = meg_dir(root, plan.subject) / run_stem(plan.subject, plan.run)
     sidecar = template("meg.json")
     sidecar["PowerLineFrequency"] = coupling.line_freq
@@ -152,6 +160,7 @@ def write_meg_sidecars(root: Path, plan: RunPlan, timing: MegTiming, coupling: C
 
 
 def write_bold_sidecars(root: Path, plan: RunPlan, n_slices: int) -> None:
+    """A BOLD run's ``_bold.json`` and ``_events.tsv`` as ds004078 writes them."""
     stem = func_dir(root, plan.subject) / run_stem(plan.subject, plan.run)
     sidecar = template("bold.json")
     sidecar["RepetitionTime"] = TR

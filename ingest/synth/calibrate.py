@@ -62,6 +62,7 @@ TOP = 0.01  # the top fraction of brain voxels by ISC
 
 @dataclass(frozen=True)
 class Target:
+    """A published range a calibration figure must fall in, and its source."""
     low: float
     high: float
     source: str
@@ -90,6 +91,7 @@ def detrend(series: np.ndarray) -> np.ndarray:
 
 
 def zscore(series: np.ndarray) -> np.ndarray:
+    """A series z-scored over its first axis (time); constant columns left at 0."""
     sd = series.std(axis=0)
     return (series - series.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
@@ -107,6 +109,7 @@ def loo_isc(subjects: np.ndarray) -> np.ndarray:
 
 
 def zscore_each(subjects: np.ndarray) -> np.ndarray:
+    """Each subject's series z-scored over time."""
     return np.stack([zscore(detrend(s)) for s in subjects])
 
 
@@ -181,6 +184,7 @@ def preprocess(segment: np.ndarray, affine: np.ndarray, brain: np.ndarray, white
 
 
 def bold_rows(root: Path, runs: list[dict], rng: np.random.Generator) -> tuple[dict, dict]:
+    """The calibration table's BOLD rows (ISC, tSNR, spectra) of a dataset."""
     stories = story_segments(root, runs)
     means = [seg.mean(axis=0) for subs in stories.values() for seg in subs.values()]
     mean_image = np.mean(means, axis=0)
@@ -268,6 +272,7 @@ def best_lagged_r(channels: np.ndarray, envelope: np.ndarray, max_lag: int) -> n
 
 
 def meg_rows(root: Path, runs: list[dict]) -> dict:
+    """The calibration table's MEG rows (envelope tracking, spectra) of a dataset."""
     from meg2fmri.ingest.preprocess import preprocess_meg_file
 
     per_subject: dict[str, dict[str, list]] = {}
@@ -324,6 +329,7 @@ def calibrate(root: Path, seed: int = 0) -> dict:
 
 
 def table(result: dict) -> str:
+    """The calibration table as text: each figure beside its published range."""
     lines = ["| quantity | value | published range | in range | source |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         span = "-" if r["range"] is None else f"{r['range'][0]:g}-{r['range'][1]:g}"

@@ -31,6 +31,7 @@ log = logging.getLogger("meg2fmri")
 
 
 def parse_subjects(text: str) -> tuple[str, ...]:
+    """``--subjects``: ``all`` or two-digit ids."""
     if text == "all":
         return SUBJECT_IDS
     return tuple(s.strip().removeprefix("sub-").zfill(2) for s in text.split(",") if s.strip())
@@ -53,6 +54,7 @@ def parse_block(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
+    """``--shape``: ``XxYxZ`` voxels."""
     try:
         nx, ny, nz = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -61,6 +63,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def parse_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH``: two numbers, low first."""
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
@@ -78,6 +81,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meg2fmri synth``."""
     defaults = Coupling()
     p = argparse.ArgumentParser(
         prog="meg2fmri synth",
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    """The ``SynthConfig`` the arguments ask for."""
     fields = [f.name for f in dataclasses.fields(Coupling)]
     coupling = world_coupling(args.world, **{f: getattr(args, f) for f in fields if hasattr(args, f)})
     out = args.out if args.out is not None else Path(f"synth-{args.preset}")
@@ -198,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def run_calibration(root: Path) -> int:
+    """``--calibrate DATASET``: print the table; 0 if every figure is in range, else 1."""
     from .calibrate import calibrate, table
 
     result = calibrate(root)
@@ -206,6 +212,7 @@ def run_calibration(root: Path) -> int:
 
 
 def write(args: argparse.Namespace) -> int:
+    """Write the dataset the arguments ask for (``--dry-run``: only say how big it would be)."""
     from .writer import write_dataset  # heavy imports (MNE) only once the arguments are good
 
     config = config_from_args(args)
@@ -222,6 +229,7 @@ def write(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri synth``: parse ``argv``, write or calibrate; the exit code."""
     args = build_parser().parse_args(argv)
     # SIGTERM (e.g. from a job scheduler) cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -182,6 +182,7 @@ def world_coupling(world: str, **overrides: object) -> Coupling:
 
 @dataclass(frozen=True)
 class Preset:
+    """A named dataset size: subjects, runs, story length, volume grid."""
     subjects: tuple[str, ...]
     runs: tuple[int, ...]
     story_duration: float | None  # s; None = the real story lengths of ds004078
@@ -216,8 +217,9 @@ class RunPlan:
     defect: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthConfig:
+    """Everything ``synth`` needs to write a dataset, resolved from a preset and options."""
     out: Path
     preset: str = "demo"
     subjects: tuple[str, ...] = PRESETS["demo"].subjects

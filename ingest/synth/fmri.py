@@ -95,6 +95,7 @@ def subject_transform(rng: np.random.Generator) -> np.ndarray:
 
 
 def subject_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anatomy:
+    """A subject's anatomy on the grid, sampled from the MNI152 tissue maps under its own transform."""
     grey_t, white_t, template_affine = mni_tissues()
     mm = grid_mm(shape, subject_transform(rng))
     # the template is oversampled for coarse grids: smooth it to about the grid's voxel size first

@@ -50,6 +50,7 @@ class SensorArray:
 
 
 def sensor_array() -> SensorArray:
+    """MNE's canonical Neuromag-306 sensor positions and orientations, in the real files' channel order."""
     path = Path(mne.__file__).parent / "channels/data/canonical_meg/neuromag306.csv"
     with open(path, newline="") as f:  # sorted by name: the channel order of the real files
         rows = sorted(csv.DictReader(f), key=lambda row: row["name"].replace(" ", ""))
@@ -203,6 +204,7 @@ class MegTiming:
 def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float],
                sfreq: float = MEG_SFREQ) -> MegTiming:
     # the file starts 6-21 s into the acquisition (drawn in ms: the same times at every rate)
+    """A run's recording timing: first sample, story start, trigger times, length."""
     first_samp = int(round(int(rng.integers(6000, 21001)) * sfreq / 1000.0))
     beg = round(float(rng.uniform(7.0, 14.0)), 3)
     story_start = beg
@@ -217,6 +219,7 @@ def meg_timing(rng: np.random.Generator, plan: RunPlan, tail: tuple[float, float
 
 def stimulus_channels(timing: MegTiming, table: list[dict[str, str]],
                       sfreq: float = MEG_SFREQ) -> dict[str, np.ndarray]:
+    """The STI channels' data: Beg (1) and End (2) pulses on STI101 at the story's start and end."""
     sti101 = np.zeros(timing.n_times, dtype=np.float32)
     width = int(round(TRIGGER_SECONDS * sfreq))
     for onset, value in ((timing.beg_trigger, BEG), (timing.end_trigger, END)):
@@ -231,6 +234,7 @@ def stimulus_channels(timing: MegTiming, table: list[dict[str, str]],
 
 def meg_info(sensors: SensorArray, table: list[dict[str, str]], coupling: Coupling,
              sfreq: float = MEG_SFREQ) -> mne.Info:
+    """The 328-channel ``mne.Info`` of a ds004078 recording."""
     kinds = {"MEGGRADPLANAR": "grad", "MEGMAG": "mag", "MISC": "bio", "TRIG": "stim"}
     types = [kinds.get(row["type"], "syst" if row["name"] == "SYS201" else "ias") for row in table]
     info = mne.create_info([row["name"] for row in table], sfreq, types, verbose="error")
@@ -280,4 +284,5 @@ def synthesize_meg(plan: RunPlan, timing: MegTiming, sources: StorySources, mixi
 
 
 def write_fif(raw: mne.io.BaseRaw, path: Path) -> None:
+    """Write one run's MEG as a FIF file."""
     raw.save(path, fmt="single", overwrite=False, verbose="error")

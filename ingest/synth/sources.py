@@ -18,6 +18,7 @@ HRF_LENGTH = 32.0  # s
 
 
 def story_rng(seed: int, story: int) -> np.random.Generator:
+    """The random generator of one story (the same for every subject who hears it)."""
     return np.random.default_rng([seed, 1, story])
 
 
@@ -172,6 +173,7 @@ def smooth_positive(series: np.ndarray, timescale: float, sfreq: float) -> np.nd
 
 
 def latent_sources(rng: np.random.Generator, duration: float, k: int, coupling: Coupling) -> StorySources:
+    """A story's latent MEG sources: speech-like envelopes on two time scales and slow components."""
     n_times = int(round(duration * MEG_SFREQ))
     # speech loudness varies over syllables-to-phrases and over sentences: two time scales
     log_env = (smooth_noise(rng, k, n_times, coupling.envelope_timescale, MEG_SFREQ)

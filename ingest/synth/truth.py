@@ -43,6 +43,7 @@ def runs_file(root: Path) -> Path:
 
 
 def config_file(root: Path) -> Path:
+    """``root/derivatives/synth/synth_config.json``."""
     return Path(root) / TRUTH / CONFIG_NAME
 
 

@@ -28,10 +28,12 @@ from .truth import CONFIG_NAME, TRUTH, runs_file, story_file, subject_file  # no
 
 
 def subject_rng(seed: int, subject: str) -> np.random.Generator:
+    """The random generator of one subject (its anatomy, mixing, maps)."""
     return np.random.default_rng([seed, 2, int(subject)])
 
 
 def run_rng(seed: int, subject: str, run: int, modality: int) -> np.random.Generator:
+    """The random generator of one run's noise."""
     return np.random.default_rng([seed, 3, int(subject), run, modality])
 
 
@@ -48,6 +50,7 @@ class SubjectModel:
 
 @functools.lru_cache(maxsize=2)
 def subject_model(config: SynthConfig, subject: str) -> SubjectModel:
+    """A subject's generative model: anatomy, MEG mixing, BOLD maps, HRF peak."""
     c = config.coupling
     group = np.random.default_rng([config.seed, 0])
     sensors = meg.sensor_array()
@@ -73,6 +76,7 @@ def subject_model(config: SynthConfig, subject: str) -> SubjectModel:
 
 @functools.lru_cache(maxsize=2)
 def story_model(config: SynthConfig, story: int, duration: float):
+    """A story's sources (every subject who hears the story shares them)."""
     return story_sources(config.seed, story, duration, config.coupling)
 
 
@@ -102,6 +106,7 @@ def write_run(config: SynthConfig, plan: RunPlan, root: Path) -> dict:
 
 
 def write_subject_truth(config: SynthConfig, subject: str, root: Path) -> None:
+    """A subject's ground-truth arrays (``truth.subject_file``)."""
     model = subject_model(config, subject)
     subject_file(root, subject, "x").parent.mkdir(parents=True, exist_ok=True)
     arrays = {"meg_mixing": model.mixing, "meg_background_patterns": model.background,
@@ -131,6 +136,7 @@ def write_story_files(config: SynthConfig, story: int, duration: float, root: Pa
 
 
 def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -> None:
+    """The ground truth's ``dataset_description.json``, ``synth_config.json`` and ``runs.tsv``."""
     folder = root / TRUTH
     folder.mkdir(parents=True, exist_ok=True)
     bids.write_json(folder / "dataset_description.json", {
@@ -155,6 +161,7 @@ def write_truth_description(config: SynthConfig, root: Path, runs: list[dict]) -
 
 
 def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse a ``--out`` that is a file, or a non-empty folder without ``--overwrite``."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()):
@@ -167,6 +174,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 def check_disk(config: SynthConfig) -> None:
+    """Refuse to start when the dataset would not fit on the disk."""
     parent = config.out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     need, free = estimated_bytes(config), shutil.disk_usage(parent).free
@@ -215,6 +223,7 @@ def write_dataset(config: SynthConfig, overwrite: bool = False, jobs: int = 1,
 
 def run_tasks(config: SynthConfig, plans: list[RunPlan], stories: list[tuple[int, float]],
               root: Path, jobs: int, progress: bool) -> list[dict]:
+    """Write every run, ``jobs`` processes at a time, with a progress bar."""
     bar = tqdm(total=len(plans), desc="synth", unit="run", disable=not progress)
     if jobs <= 1:
         runs = []

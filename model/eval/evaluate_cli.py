@@ -23,12 +23,13 @@ from pathlib import Path
 
 from meg2fmri import commands
 
-from .configs import EvalConfig
+from ..configs import EvalConfig
 
 log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meg2fmri evaluate``."""
     p = argparse.ArgumentParser(prog="meg2fmri evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="shard folder or index: a path, file:// or s3:// URL")
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri evaluate``: parse ``argv``, evaluate, print the tables; the exit code."""
     args = build_parser().parse_args(argv)
 
     def work() -> None:

@@ -25,7 +25,7 @@ from scipy.stats import false_discovery_control
 from meg2fmri.loader import StoreConfig, open_store, storage
 from meg2fmri.shards.commit import Location
 
-from .outputs import put_figure, put_nifti
+from ..outputs import put_figure, put_nifti
 from .stats import shift_tables, standardise
 
 FDR_Q = 0.05
@@ -94,6 +94,7 @@ def truth_amplitude(bids_root: Path, subjects: list[str], inside: np.ndarray) ->
 
 def map_figure(r_map: nib.Nifti1Image, background: nib.Nifti1Image, out: Location, rel: str,
                title: str) -> None:
+    """An r map on its background as an axial nilearn stat map (orientation labels, colour bar)."""
     import matplotlib
 
     matplotlib.use("Agg")

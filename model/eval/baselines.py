@@ -181,6 +181,7 @@ def stimulus_features(envelopes: dict[int, np.ndarray], meta: list[dict]) -> np.
 
 
 def story_envelopes(bids_root: Path, stories: set[int]) -> dict[int, np.ndarray]:
+    """Each story's audio envelope, read from ``stimuli/audio/story_N.wav``."""
     return {
         s: audio_envelope(Path(bids_root) / "stimuli" / "audio" / f"story_{s}.wav") for s in sorted(stories)
     }

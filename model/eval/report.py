@@ -10,10 +10,12 @@ SET_TITLES = {
 
 
 def interval(values: list[float], digits: str) -> str:
+    """``[low, high]`` formatted with ``digits``."""
     return f"[{values[0]:{digits}}, {values[1]:{digits}}]"
 
 
 def set_table(name: str, result: dict) -> list[str]:
+    """One set's table of rows, with intervals and p-values."""
     lines = [
         f"## {SET_TITLES.get(name, name)}",
         "",
@@ -75,6 +77,7 @@ def set_table(name: str, result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    """An evaluation's ``results.md``: every set's table, the choices made, the missing runs."""
     lines = []
     missing = result["settings"].get("missing_runs") or []
     if missing:

@@ -1,4 +1,4 @@
-"""``meg2fmri oracle``: a synth dataset's noise-free truth, for ``evaluate --oracle`` (``model/oracle.py``).
+"""``meg2fmri oracle``: a synth dataset's noise-free truth for ``evaluate --oracle`` (``oracle.py``).
 
     meg2fmri oracle --bids-root demo-output/bids --ingest demo-output/ingest --out demo-output/oracle.npz
     meg2fmri oracle --peak-slice --bids-root demo-output/bids --exclude 09,10,11,12   # prints a slice
@@ -20,6 +20,7 @@ log = logging.getLogger("meg2fmri")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meg2fmri oracle``."""
     p = argparse.ArgumentParser(prog="meg2fmri oracle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bids-root", type=Path, required=True, help="the synth dataset (with derivatives/synth)")
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_oracle(args: argparse.Namespace) -> None:
+    """Write the oracle's ``.npz`` for the sets asked for."""
     import numpy as np
 
     from meg2fmri.shards.commit import Location, write_atomic
@@ -57,6 +59,7 @@ def write_oracle(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``meg2fmri oracle``: parse ``argv``, print a slice or write the oracle; the exit code."""
     p = build_parser()
     args = p.parse_args(argv)
     if args.peak_slice:

@@ -32,15 +32,15 @@ from meg2fmri.shards.errors import EmptySplitError, InputError
 from meg2fmri.shards.format import TargetLayout
 from meg2fmri.shards.split import EVALUATION_SETS
 
+from ..checkpoint import load_checkpoint
+from ..configs import VARIANTS, EvalConfig
+from ..nets import from_tanh
+from ..outputs import CHECKPOINT, location, put_json, put_nifti, put_npz, put_text
+from ..train import generator_from_checkpoint
 from . import baselines, figures, report, volume_maps
-from .checkpoint import load_checkpoint
-from .configs import VARIANTS, EvalConfig
 from .metrics import SSIM_SETTINGS, per_image, voxel_r
-from .nets import from_tanh
-from .outputs import CHECKPOINT, location, put_json, put_nifti, put_npz, put_text
 from .roi import training_roi
 from .stats import cluster_bootstrap, resampling_unit, shift_null
-from .train import generator_from_checkpoint
 
 HEADLINE = "cgan"  # the project's model, named before any result was seen (every row is reported)
 # rows that are not MEG models (shuffled sees the MEG but not its pairing with the image)
@@ -53,6 +53,7 @@ log = logging.getLogger("meg2fmri")
 
 @dataclass
 class EvalSet:
+    """One evaluation set in memory: MEG, targets, metadata, and its runs' positions."""
     name: str
     meg: np.ndarray  # (n, width)
     fmri: np.ndarray  # (n, S, S) slices or (n, values) voxels / parcels, float32
@@ -103,6 +104,7 @@ def run_groups(meta: list[dict]) -> list[np.ndarray]:
 
 def generator_predictions(run: str, meg: np.ndarray, width: int, target: TargetLayout,
                           storage_options: dict | None = None) -> np.ndarray:
+    """A trained model's predictions ``(n, *target shape)`` in [0, 1] for the set's MEG."""
     state, card = load_checkpoint(run, storage_options, option="--runs")
     keep = list(card.feature_index)
     if tuple(card.target.shape) != tuple(target.shape) or max(keep) >= width:
@@ -287,6 +289,7 @@ def score_set(
     rng: np.random.Generator,
     roi: np.ndarray | None = None,
 ) -> dict:
+    """Every row's scores on one set: per-run metrics, intervals, the shift null, paired differences."""
     scores = {name: run_scores(ev, pred, mask, roi) for name, pred in predictions.items()}
     # the ROI's statistics draw from their own generator: the whole-mask figures stay as they were
     roi_rng = np.random.default_rng(config.seed + 1)
@@ -407,7 +410,42 @@ def given_roi(path: Path, mask: np.ndarray, volume=None) -> tuple[np.ndarray, di
                         "outside_this_mask": outside}
 
 
+def evaluation_settings(config: EvalConfig, index, mask: np.ndarray, chosen: dict, roi_choice: dict,
+                        missing: list[str]) -> dict:
+    """``results.json``'s ``settings``: how each figure was computed, what was chosen on training data."""
+    target = index.target_layout
+    return {
+        "ssim": SSIM_SETTINGS,
+        "images": "[0, 1], one data_range for every image",
+        "mask": f"mean training image > {config.mask_fraction} x its max "
+        f"({int(mask.sum())} of {mask.size} px)" if target.kind == "slice" else
+        f"every {target.kind} value ({mask.size}; voxels are inside the training mask)",
+        "headline": f"{HEADLINE} (named in advance; every MEG model is compared with every baseline)",
+        "intervals": f"95% percentile bootstrap ({config.bootstrap}) of the mean over runs, resampling whole "
+        "runs (subjects then runs with >= 3 subjects), paired between methods",
+        "null": f"time shift (not circular: r over the overlapping samples) of each run's predictions "
+        f"against its targets by >= {config.min_shift_s} s, {config.null_draws} draws; "
+        "p = (1 + #null mean voxel r >= observed) / (1 + draws)",
+        "voxel_r": "per mask pixel, Pearson r over time within each run, averaged over pixels then runs; a "
+        "prediction constant over time scores 0",
+        "choices": {
+            "ridge": chosen["ridge"],
+            "stimulus": chosen["stimulus"] or "not scored (needs --bids-root)",
+            "story_clock": "training subjects' mean change at the same story and volume",
+        },
+        "split": index.split,
+        "roi": roi_choice,
+        "missing_runs": missing,
+        "slice": index.config.get("slice_choice"),
+        "oracle": "noise-free synth truth" if config.oracle else "not given (--oracle, synthetic data only)",
+        "config": asdict(config) | {"storage_options": {}},
+        "shards": config.shards,
+        "extra": {name: folder for name, folder in config.extra},
+    }
+
+
 def evaluate(config: EvalConfig) -> dict:
+    """Score every trained variant and baseline on every evaluation set; write results and figures."""
     check_inputs(config)
     train, index = load_split(config, "train")
     if train is None:
@@ -440,34 +478,7 @@ def evaluate(config: EvalConfig) -> dict:
     predictions, chosen = predict(config, train, sets, mean_image, target)
     rng = np.random.default_rng(config.seed)
     results = {ev.name: score_set(ev, predictions[ev.name], mask, config, rng, roi) for ev in sets}
-    settings = {
-        "ssim": SSIM_SETTINGS,
-        "images": "[0, 1], one data_range for every image",
-        "mask": f"mean training image > {config.mask_fraction} x its max "
-        f"({int(mask.sum())} of {mask.size} px)" if target.kind == "slice" else
-        f"every {target.kind} value ({mask.size}; voxels are inside the training mask)",
-        "headline": f"{HEADLINE} (named in advance; every MEG model is compared with every baseline)",
-        "intervals": f"95% percentile bootstrap ({config.bootstrap}) of the mean over runs, resampling whole "
-        "runs (subjects then runs with >= 3 subjects), paired between methods",
-        "null": f"time shift (not circular: r over the overlapping samples) of each run's predictions "
-        f"against its targets by >= {config.min_shift_s} s, {config.null_draws} draws; "
-        "p = (1 + #null mean voxel r >= observed) / (1 + draws)",
-        "voxel_r": "per mask pixel, Pearson r over time within each run, averaged over pixels then runs; a "
-        "prediction constant over time scores 0",
-        "choices": {
-            "ridge": chosen["ridge"],
-            "stimulus": chosen["stimulus"] or "not scored (needs --bids-root)",
-            "story_clock": "training subjects' mean change at the same story and volume",
-        },
-        "split": index.split,
-        "roi": roi_choice,
-        "missing_runs": missing,
-        "slice": index.config.get("slice_choice"),
-        "oracle": "noise-free synth truth" if config.oracle else "not given (--oracle, synthetic data only)",
-        "config": asdict(config) | {"storage_options": {}},
-        "shards": config.shards,
-        "extra": {name: folder for name, folder in config.extra},
-    }
+    settings = evaluation_settings(config, index, mask, chosen, roi_choice, missing)
     settings["target"] = {k: v for k, v in index.target.items() if k not in ("affine", "labels")}
     for name in ("ridge", "stimulus"):  # a fit that says nothing is named as such in every set's row
         why = (chosen[name] or {}).get("degenerate")
@@ -496,8 +507,10 @@ def evaluate(config: EvalConfig) -> dict:
     put_text(out, "results.md", report.markdown(result))
     shown = sets[0]  # test where it exists: the figures show the headline set
     if target.kind == "slice":
-        figures.figures(out, shown.fmri, predictions[shown.name], shown.meta,
-                        {n: location(f, config.storage_options) for n, f in model_runs(config).items()})
-        figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask)
+        affine = index.target.get("affine")  # the grid's: where L/R and A/P are
+        runs = {n: location(f, config.storage_options) for n, f in model_runs(config).items()}
+        figures.figures(out, shown.fmri, predictions[shown.name], shown.meta, runs, affine)
+        figures.changes_figure(out, shown.fmri, predictions[shown.name], shown.meta, shown.by_run, mask,
+                               affine)
         figures.slice_figure(out, index)
     return result

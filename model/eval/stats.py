@@ -53,6 +53,8 @@ def cluster_bootstrap(
 
 
 def resampling_unit(subjects: np.ndarray) -> str:
+    """What the bootstrap resamples, in words: subjects then runs within them, or runs alone when too few
+    subjects."""
     n = len(np.unique(subjects))
     return (
         "subjects, then runs within each drawn subject"
