@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--bootstrap", type=int, default=2000, help="evaluate --bootstrap")
     study.add_argument("--null-draws", type=int, default=2000, help="evaluate --null-draws")
     study.add_argument("--jobs", type=int, default=2, help="synth processes")
+    study.add_argument("--keep-data", action="store_true",
+                       help="keep the raw MEG and every size's shards (default: each is deleted once no "
+                       "later step reads it, which keeps the study under 40 GB)")
     study.add_argument("--delete-data", action="store_true",
                        help="once the report is written, delete the dataset and the Zarr caches (results, "
                        "shards and models stay)")
@@ -112,7 +115,7 @@ def run_study(args: argparse.Namespace) -> int:
             sizes=tuple(sorted({int(v) for v in args.sizes.split(",")})), epochs=args.epochs,
             lr_step=args.lr_step, volume_epochs=args.volume_epochs, volume=not args.no_volume,
             bootstrap=args.bootstrap, null_draws=args.null_draws, jobs=args.jobs,
-            keep_data=not args.delete_data)
+            keep_data=not args.delete_data, prune=not args.keep_data)
     except ValueError as err:
         print(f"bench study: error: {err}", file=sys.stderr)
         return 2

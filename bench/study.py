@@ -10,9 +10,11 @@ slice targets; ridge, stimulus, mean image and the oracle on whole-brain (volume
 cGAN there at the largest size. Every size is scored in one ROI, chosen on the largest training set
 (training subjects x training stories, never a held-out run).
 
-Every step is a command of the engine (synth, ingest, synth-oracle, train, evaluate) run as its own
-process; a step that finished leaves a stamp in ``OUT/steps.json`` and is not run again, so a killed
-study started again redoes only the step it was in (and each of those resumes or rewrites whole).
+Every step is a command of the engine (``meg2fmri synth``, ``ingest``, ``meg2fmri oracle``, ``train``,
+``evaluate``) run as its own process; a step that finished leaves a stamp in ``OUT/steps.json`` and is
+not run again, so a killed study started again redoes only the step it was in (and each of those
+resumes or rewrites whole). What no later step reads is deleted as soon as its last reader is done
+(the raw MEG after the one decode, each size's shards after its evaluation) unless ``--keep-data``.
 ``OUT/study.json``, ``OUT/study.md`` and ``OUT/learning_curve.png`` are rewritten after every
 evaluation. Everything here was fixed before any test figure was seen (docs/study.md).
 """
@@ -57,6 +59,7 @@ class StudyConfig:
     volume_null_draws: int = 1000  # whole-brain: every voxel per draw (p resolves to 0.001 all the same)
     jobs: int = 2
     keep_data: bool = True  # False: delete the dataset, caches and shards once the report is written
+    prune: bool = True  # delete what no later step reads once its last reader is done (40-GB budget)
     ingest_options: tuple[str, ...] = field(default=(
         "--features", "bandpower", "--epoch", "4", "--lag", "7", "--stride", "0.71"))
 
@@ -181,6 +184,8 @@ class Study:
                     self.train(target, size)
                     self.evaluate(target, size)
                     monitor.sample()
+                    if c.prune:
+                        self.prune_shards(target, size)
                     self.report()
         finally:
             monitor.stop.set()
@@ -202,6 +207,7 @@ class Study:
             "--out", str(self.out / "bids"), "--overwrite", "--seed", str(c.seed), "--block", train,
             "--block", test, "--duration", f"{c.duration:g}", "--shape", c.shape, "--meg-sfreq",
             f"{c.meg_sfreq:g}", "--jobs", str(c.jobs), "--quiet"])
+        self.dataset_size()
         self.slice = int(self.step("slice", tool("oracle") + [
             "--peak-slice", "--bids-root", str(self.out / "bids"), "--exclude", ",".join(c.held_out)]))
 
@@ -221,6 +227,8 @@ class Study:
 
         if target == "slice" and size == largest:
             self.step(f"ingest-{target}-{size}", command + ["--bids-root", str(self.out / "bids")])
+            if c.prune:  # every later ingest re-pairs from this one's cache
+                self.prune_raw_meg()
         else:
             self.step(f"ingest-{target}-{size}", command + [
                 "--from-cache", "--runs", f"1-{size},{c.test_runs}"], before=link_cache)
@@ -228,6 +236,32 @@ class Study:
             self.step(self.oracle(target, size).stem, tool("oracle") + [
                 "--bids-root", str(self.out / "bids"), "--ingest", str(folder),
                 "--out", str(self.oracle(target, size))])
+
+    # -- pruning: what no later step reads ---------------------------------------------------------------
+    def prune_raw_meg(self) -> None:
+        """Delete the FIF files once the one decode from raw has finished (13 of the study's 17 GB):
+        every later step reads the Zarr cache, the BOLD sidecars, the truth and the stimuli, which stay."""
+        fifs = sorted((self.out / "bids").glob("sub-*/meg/*_meg.fif"))
+        freed = sum(f.stat().st_size for f in fifs)
+        for fif in fifs:
+            fif.unlink()
+        if fifs:
+            self.steps.data.setdefault("pruned", []).append(
+                {"what": "bids/sub-*/meg/*_meg.fif", "files": len(fifs), "bytes": freed})
+            self.steps.save()
+            self.log(f"study: deleted the raw MEG ({len(fifs)} FIF files, {freed / 1e9:.1f} GB): "
+                     "every later step reads ingest's cache (--keep-data keeps them)")
+
+    def prune_shards(self, target: str, size: int) -> None:
+        """Delete a size's shards once it is trained and evaluated; its ``index.json`` (the report's
+        sample counts), its models and its evaluation stay."""
+        shards = self.ingest_dir(target, size) / "ingest" / "shards"
+        if shards.is_dir():
+            freed = sum(f.stat().st_size for f in shards.rglob("*") if f.is_file())
+            shutil.rmtree(shards)
+            self.steps.data.setdefault("pruned", []).append(
+                {"what": str(shards.relative_to(self.out)), "bytes": freed})
+            self.steps.save()
 
     def oracle(self, target: str, size: int) -> Path:
         """The test set's true-signal file: one for the slice curve (every size pairs the same slice
@@ -298,20 +332,24 @@ class Study:
                     "roi": result["settings"]["roi"], "ridge": result["settings"]["choices"]["ridge"]}
         return curve
 
-    def report(self) -> dict:
-        from .study_report import figure, markdown
-
+    def dataset_size(self) -> None:
+        """The dataset's size as synthesised, once (before any pruning)."""
         bids = self.out / "bids"
-        if "bids_bytes" not in self.steps.data and bids.is_dir():  # the dataset's size, once
+        if "bids_bytes" not in self.steps.data and bids.is_dir():
             done = subprocess.run(["du", "-sb", str(bids)], capture_output=True, text=True)
             if done.returncode == 0 and done.stdout:
                 self.steps.data["bids_bytes"] = int(done.stdout.split()[0])
                 self.steps.save()
+
+    def report(self) -> dict:
+        from .study_report import figure, markdown
+
         result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.c).items()},
                   "bids_bytes": self.steps.data.get("bids_bytes"),
                   "hours": {size: self.c.hours(size) for size in self.c.sizes},
                   "steps": self.steps.data["steps"], "peak_bytes": self.steps.data.get("peak_bytes", 0),
                   "invocations": self.steps.data.get("invocations", []),
+                  "pruned": self.steps.data.get("pruned", []),
                   "curve": self.curve()}
         (self.out / "study.json").write_text(json.dumps(result, indent=1, default=float))
         (self.out / "study.md").write_text(markdown(result))

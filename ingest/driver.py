@@ -70,6 +70,11 @@ def done_runs(out: Location, config: IngestConfig, tasks: list[RunTask]) -> dict
 
 def start_ray(config: IngestConfig):
     """Connect to ``--ray-address`` or start a local Ray on loopback, sized to ``workers``."""
+    if not config.ray_address:
+        # Ray turns token authentication on for a new local cluster and says so on stderr in every
+        # ingest; asking for it by name keeps it on (a token in ~/.ray) without the message. Ray reads
+        # the mode when it is imported, so this comes first.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -78,9 +83,6 @@ def start_ray(config: IngestConfig):
         ray.init(address=config.ray_address, configure_logging=False, log_to_driver=False)
     else:
         cpus = config.workers or len(os.sched_getaffinity(0))
-        # Ray turns token authentication on for a new local cluster and says so on stderr in every
-        # ingest; asking for it by name keeps it on (a token in ~/.ray) without the message
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=False, log_to_driver=False)
     return ray, True

@@ -91,7 +91,7 @@ class EvalConfig:
     min_shift_s: float = 15.0  # circular shifts of at least this many seconds (about 2 HRF lengths)
     seed: int = 0
     storage_options: dict | None = None
-    oracle: str | None = None  # .npz from `synth-oracle` (synthetic data): the noise-free truth
+    oracle: str | None = None  # .npz from `meg2fmri oracle` (synthetic data): the noise-free truth
     bids_root: str | None = None  # for the stimulus baseline (stimuli/audio/story_N.wav)
     extra: tuple[tuple[str, str], ...] = ()  # (row name, run folder): more models on the same pairs
     roi: str | None = None  # an roi.npz written by evaluate (of more training data): the ROI, not chosen here

@@ -1,12 +1,15 @@
 """``bench study`` (``make study``) end to end at a tiny scale: the learning curve's nested training sets
-share one test set and one ROI, every row is scored, and a study started again redoes only what is
-missing."""
+share one test set and one ROI, every row is scored, what no later step reads is deleted, and a study
+killed mid-step and started again redoes only what had not finished."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +24,45 @@ def bench(*args: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
-def test_study_writes_a_learning_curve_and_resumes_where_it_stopped(tmp_path: Path):
+def kill_after(out: Path, step: str, *args: str, timeout: float = 900) -> set[str]:
+    """Start the study, kill its whole process group (as a lost session would) as soon as ``step`` has
+    finished and the next one has begun; the steps finished by then."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bench"), "study", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    steps_file, deadline = out / "steps.json", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if steps_file.is_file():
+                try:
+                    done = set(json.loads(steps_file.read_text())["steps"])
+                except json.JSONDecodeError:  # written by os.replace, so only while it is created
+                    done = set()
+                if step in done:
+                    time.sleep(1.0)  # into the next step
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return set(json.loads(steps_file.read_text())["steps"])
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    raise AssertionError(f"the study ended (exit {proc.returncode}) before {step} finished")
+
+
+def test_study_writes_a_learning_curve_prunes_and_resumes_after_a_kill(tmp_path: Path):
     out = tmp_path / "study"
+    # killed once the largest slice set is evaluated (its shards already deleted) and the next is pairing
+    before = kill_after(out, "evaluate-slice-3", "--out", str(out), *TINY)
+    assert {"synth", "ingest-slice-3", "evaluate-slice-3"} <= before and "evaluate-volume-2" not in before
+    first_eval = (out / "slice" / "stories-03" / "eval" / "results.json").read_bytes()
     done = bench("--out", str(out), *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
+    ran = {line.split(":")[1].strip() for line in done.stdout.splitlines()
+           if line.startswith("study: ") and "done before" not in line and "deleted" not in line}
+    skipped = {line.split(":")[1].strip() for line in done.stdout.splitlines() if "done before" in line}
+    assert skipped == before and not ran & before and "evaluate-volume-2" in ran, done.stdout
+    assert (out / "slice" / "stories-03" / "eval" / "results.json").read_bytes() == first_eval
     study = json.loads((out / "study.json").read_text())
     curve = study["curve"]
     assert set(curve) == {"slice", "volume"} and set(curve["slice"]) == set(curve["volume"]) == {"2", "3"}
@@ -59,23 +97,18 @@ def test_study_writes_a_learning_curve_and_resumes_where_it_stopped(tmp_path: Pa
     assert not (out / "volume" / "stories-03" / "eval" / "predictions").exists()
     sidecar = out / "bids" / "sub-04" / "meg" / "sub-04_task-RDR_run-4_meg.json"
     assert json.loads(sidecar.read_text())["SamplingFrequency"] == 200
-    assert not (out / "bids" / "sub-04" / "meg" / "sub-04_task-RDR_run-1_meg.fif").exists()  # not a block
+    assert not (out / "bids" / "sub-04" / "meg" / "sub-04_task-RDR_run-1_meg.json").exists()  # not a block
+    # pruned as the study went: the raw MEG once decoded, each size's shards once evaluated; what the
+    # report and a reader need stays (index, cache, models, evaluations, the sidecars and the stimuli)
+    assert not list((out / "bids").glob("sub-*/meg/*_meg.fif")) and not list(out.glob("*/*/ingest/shards"))
+    assert {p["what"] for p in study["pruned"]} >= {
+        "bids/sub-*/meg/*_meg.fif", "slice/stories-02/ingest/shards", "volume/stories-03/ingest/shards"}
+    assert all(p["bytes"] > 0 for p in study["pruned"])
+    assert (out / "slice" / "stories-03" / "ingest" / "cache.zarr").is_dir()
+    assert (out / "slice" / "stories-03" / "runs" / "cgan" / "checkpoint.pt").is_file()
     assert (out / "learning_curve.png").stat().st_size > 10_000
     assert "## slice targets" in (out / "study.md").read_text()
     assert study["peak_bytes"] > 0 and all(s["seconds"] > 0 for s in study["steps"].values())
-
-    # a study stopped before its last slice evaluation: only that step runs again, to the same figures
-    first = curve["slice"]["2"]["rows"]
-    steps = json.loads((out / "steps.json").read_text())
-    del steps["steps"]["evaluate-slice-2"]
-    (out / "steps.json").write_text(json.dumps(steps))
-    again = bench("--out", str(out), *TINY)
-    assert again.returncode == 0, again.stderr[-3000:]
-    ran = {line.split(":")[1].strip() for line in again.stdout.splitlines()
-           if line.startswith("study: ") and "done before" not in line}
-    assert ran == {"evaluate-slice-2"}, again.stdout
-    assert again.stdout.count("done before") == len(steps["steps"])
-    assert json.loads((out / "study.json").read_text())["curve"]["slice"]["2"]["rows"] == first
 
 
 def test_evaluate_refuses_an_roi_of_another_target(tmp_path: Path, ingested: Path):

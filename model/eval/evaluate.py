@@ -142,7 +142,7 @@ def check_inputs(config: EvalConfig) -> None:
     config.output().check_writable()
     model_runs(config)
     if config.oracle is not None and not Path(config.oracle).is_file():
-        raise InputError(f"--oracle {config.oracle}: no such file; write it with `synth-oracle`")
+        raise InputError(f"--oracle {config.oracle}: no such file; write it with `meg2fmri oracle`")
     if config.roi is not None and not Path(config.roi).is_file():
         raise InputError(f"--roi {config.roi}: no such file; give the roi.npz an evaluation wrote")
     if config.bids_root is not None and not (Path(config.bids_root) / "stimuli" / "audio").is_dir():
@@ -158,7 +158,7 @@ def oracle_predictions(path: Path, meta: list[dict]) -> np.ndarray:
     if missing:
         raise InputError(
             f"{path}: no oracle image for {len(missing)} samples (e.g. {missing[0]}); "
-            "write it with `synth-oracle` from these shards"
+            "write it with `meg2fmri oracle` from these shards"
         )
     return np.stack([images[m["key"]] for m in meta])
 

@@ -1,4 +1,4 @@
-"""``synth-oracle``: the noise-free truth of a synthetic dataset's evaluation samples, for ``evaluate``.
+"""``meg2fmri oracle``: the noise-free truth of a synthetic dataset's evaluation samples, for ``evaluate``.
 
 For each sample of a split, the image the scanner would have recorded without thermal noise or
 drift: ``baseline * (1 + bold_percent/100 * sum_k map_k * response_k(t))`` (the subject's HRF, every
@@ -7,7 +7,7 @@ and slice (at the slice's own acquisition time), from the ground truth in ``deri
 then normalised with the run's own value range from ingest's cache and resized exactly like the
 shards. ``evaluate --oracle FILE`` scores it as the ceiling a perfect model of the MEG could reach.
 
-    synth-oracle --bids-root demo-output/bids --ingest demo-output/ingest --out demo-output/oracle.npz
+    meg2fmri oracle --bids-root demo-output/bids --ingest demo-output/ingest --out demo-output/oracle.npz
 """
 
 from __future__ import annotations
