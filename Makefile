@@ -12,7 +12,7 @@ PIP_PINS ?= aiobotocore==3.10.0 boto3==1.43.117
 DEMO_DIR ?= demo-output
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-volume demo-pairing paper calibrate study bench docs test test-quick lint install install-test clean
+.PHONY: demo demo-volume demo-pairing paper calibrate study bench bench-peers bench-gpu docs test test-quick lint install install-test clean
 
 # The docs' results pages (docs/results/) are rendered from the JSON each measuring target collects
 # into docs/results/data/ -- only from its default run (default folder and seed), so that a second
@@ -164,8 +164,9 @@ calibrate: $(VENV)/.installed
 # data, nested sizes of 2, 4, 8 and 16 stories; MEG written at 200 Hz (synth --meg-sfreq: 5x less
 # disk, the same signal and noise density below 66 Hz; ingest works at 100 Hz). Everything fixed a
 # priori: the demo's features and slice rule, cGAN 4 epochs (lr halved every 2) at every size, the
-# whole-brain cGAN 2 epochs at the largest, one ROI from the largest training set. About an hour
-# and 30 GB at most on 2 cores. Resumable: `make study` again after a kill redoes only the step that
+# whole-brain cGAN 2 epochs at the largest, one ROI from the largest training set. About 2.5 hours on
+# 2 cores; the raw MEG and each size's shards are deleted once no later step reads them (--keep-data
+# keeps them: 55 GB at peak). Resumable: `make study` again after a kill redoes only the step that
 # was running. Run it in the background with its log:
 #   nohup make study > study.log 2>&1 &
 # A fresh seed of the largest size:  make study STUDY_SEED=1 STUDY_DIR=study-seed1 STUDY_ARGS="--sizes 16"
@@ -188,6 +189,40 @@ bench: $(VENV)/.installed-test
 	$(BIN)/bench loader --target volume --work bench-work --json $(BENCH_DIR)/loader-volume.json
 	$(BIN)/bench train --work bench-work --json $(BENCH_DIR)/train.json
 	if [ "$(BENCH_DIR)" = "bench-output" ]; then $(PAGES) --collect benchmarks $(BENCH_DIR); fi
+
+# The loader against LitData and MosaicML Streaming on the same samples (docs/guide/loader.md,
+# "Against the peers"). Both need torchvision, whose wheel on the index needs torch 2.14.1 (a CUDA
+# build, about 5.5 GB), beside which our CPU pin cannot live: the peers get their own venv, in which
+# bench/peers.py times our loader and theirs in one process.
+PEERS_VENV ?= .venv-peers
+PEERS_TORCH ?= torch==2.14.1 torchvision==0.29.1
+$(PEERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/pip install $(PEERS_TORCH) $(PIP_PINS) -e ".[peers]"
+	touch $@
+bench-peers: $(VENV)/.installed-test $(PEERS_VENV)/.installed
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/bench loader --work bench-work --peers $(PEERS_VENV)/bin/python --json $(BENCH_DIR)/loader-peers.json
+	if [ "$(BENCH_DIR)" = "bench-output" ]; then $(PAGES) --collect benchmarks $(BENCH_DIR); fi
+
+# The GPU check, one command on a machine with an NVIDIA GPU (about 8 minutes): a CUDA torch build in
+# its own venv, the CUDA tests (marker gpu), bench loader (the prefetcher's delivery to the device
+# against pinned copy_ of the same bytes) and bench train at slice and whole-brain sizes (the share
+# of a step spent waiting for data), all in one JSON, $(GPU_DIR)/gpu.json. Where the machine has no
+# package index, point GPU_TORCH at wheels on its disk.
+GPU_VENV ?= .venv-gpu
+GPU_TORCH ?= torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple
+GPU_DIR ?= bench-gpu-output
+bench-gpu:
+	$(MAKE) install-test VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH)"
+	mkdir -p $(GPU_DIR)
+	$(GPU_VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: torch sees no CUDA device')"
+	$(GPU_VENV)/bin/python -m pytest -m gpu -q --junitxml $(GPU_DIR)/cuda-tests.xml -p no:cacheprovider || true
+	$(GPU_VENV)/bin/bench loader --work bench-work --repeats 3 --min-seconds 0.2 --paper-samples 2 --json $(GPU_DIR)/loader.json
+	$(GPU_VENV)/bin/bench train --work bench-work --steps 100 --repeats 2 --json $(GPU_DIR)/train.json
+	$(GPU_VENV)/bin/bench train --work bench-work --steps 100 --repeats 2 --target volume --json $(GPU_DIR)/train-volume.json
+	$(GPU_VENV)/bin/python -m meg2fmri.bench.report --merge $(GPU_DIR) --out $(GPU_DIR)/gpu.json
 
 # The documentation site (mkdocs-material; docs/, mkdocs.yml) into site/, offline. The results pages
 # are rendered first from docs/results/data/.

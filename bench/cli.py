@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--target", choices=["slice", "volume"], default="slice",
                         help="samples' fMRI: the paper's 32x32 slice, or every voxel in the brain mask "
                              "(float16; the bench preset's 106x106x72 grid, ds004078's MNI in-mask size)")
+    loader.add_argument("--peers", type=Path, default=None, metavar="PYTHON",
+                        help="also measure LitData and MosaicML Streaming on the same samples, with this "
+                        "Python (an environment with both and this package: make bench-peers builds "
+                        ".venv-peers); our loader is measured again there, in the same run")
+    loader.add_argument("--peer-epochs", type=int, default=4,
+                        help="timed epochs per peer configuration (the first is the cold one)")
     loader.add_argument("--png", type=Path, default=None,
                         help="bar chart (default: beside --json, or WORK/bench-loader.png)")
     train = sub.add_parser("train", help="training samples/s: loader local vs S3 vs in-memory tensors",
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
         png = args.png or (args.json.with_suffix(".png") if args.json else args.work / "bench-loader.png")
         rows, notes = run(args.work, args.bids_root, args.repeats, args.min_seconds, args.paper_samples, png,
-                          args.target)
+                          args.target, peers=args.peers, peer_epochs=args.peer_epochs)
     else:
         from .ingest_bench import run
 

@@ -17,6 +17,7 @@ from meg2fmri.ingest.synth.writer import write_dataset
 def local_ray(cpus: int | None = None):
     """A local Ray listening on loopback only, shut down afterwards."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # as ingest's start_ray: on, without the notice
     import ray
 
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",

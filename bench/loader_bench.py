@@ -190,8 +190,8 @@ def zarr_epoch(path: Path, batch_size: int):
 
 
 def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
-        paper_samples: int = 4, png: Path | None = None,
-        target: str = "slice") -> tuple[list[dict], list[str]]:
+        paper_samples: int = 4, png: Path | None = None, target: str = "slice",
+        peers: Path | None = None, peer_epochs: int = 4) -> tuple[list[dict], list[str]]:
     """``bench loader``: our loader against plain webdataset, per-file MNE + nibabel, Zarr, S3 GETs."""
     work.mkdir(parents=True, exist_ok=True)
     root, shards = ensure_shards(work, bids_root, target)
@@ -276,9 +276,59 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
                      f"= {delivered / gpu[1]:.0%} of pinned copy_ ({gpu[1]:.0f} MB/s)")
     else:
         notes.append("no CUDA device here: the GPU prefetcher's host-to-device rows were not measured")
+    if peers is not None:
+        peer_rows, peer_notes = peer_comparison(peers, shards, work / "peers", peer_epochs)
+        rows += peer_rows
+        notes += peer_notes
     if png is not None:
         bar_chart(rows, png)
         notes.append(f"chart: {png}")
+    return rows, notes
+
+
+def peer_comparison(python: Path, shards: Path, work: Path, epochs: int) -> tuple[list[dict], list[str]]:
+    """``bench/peers.py`` run with the peers' Python: rows ``peer_<reader>_<source>_b<batch>`` (our
+    loader among them, measured there too) and notes with our ratio to each peer."""
+    import json
+    import subprocess
+
+    out = work / "peers.json"
+    cmd = [str(python), "-m", "meg2fmri.bench.peers", "compare", "--shards", str(shards), "--work", str(work),
+           "--json", str(out), "--epochs", str(epochs)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench loader --peers: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    report = json.loads(out.read_text())
+    rows, notes, by = [], [], {}
+    for r in report["rows"]:
+        by[r["name"]] = r
+        if "error" in r:
+            notes.append(f"{r['name']}: failed ({r['error']})")
+            continue
+        fields = {k: v for k, v in r.items() if k not in ("name", "samples_per_s", "warm_samples_per_s")}
+        rate_ = r["samples_per_s"]
+        rows.append(row(f"peer_{r['name']}", 1 / rate_, rate_, "samples/s", **fields))
+    v = report["versions"]
+    notes.append(f"peers (torch {v['torch']}, litdata {v['litdata']}, mosaicml-streaming "
+                 f"{v['mosaicml-streaming']}; {report['samples']} samples; disk: "
+                 + ", ".join(f"{k} {b / 1e6:.1f} MB" for k, b in report["disk_bytes"].items()) + ")")
+    for name, r in by.items():
+        if not name.startswith("ours_") or "error" in r:
+            continue
+        rest = name.removeprefix("ours_").removeprefix("cached_")
+        parts = []
+        for peer in ("litdata", "mosaicml"):
+            other = by.get(f"{peer}_{rest}")
+            if other is None or "error" in other:
+                continue
+            ratio = r["samples_per_s"] / other["samples_per_s"]
+            parts.append(f"{peer} {other['samples_per_s']:,.0f}/s (ours {ratio:.2f}x"
+                         f", cold {r['cold_samples_per_s'] / other['cold_samples_per_s']:.2f}x, first batch "
+                         f"{r['first_batch_s']:.2f} vs {other['first_batch_s']:.2f} s, peak RSS "
+                         f"{r['peak_rss_mb']:.0f} vs {other['peak_rss_mb']:.0f} MB"
+                         f"{'' if other['exactly_once'] else ', NOT exactly once'})")
+        notes.append(f"{name}: {r['samples_per_s']:,.0f} samples/s ({r['workers']} workers"
+                     f"{'' if r['exactly_once'] else ', NOT exactly once'}); " + "; ".join(parts))
     return rows, notes
 
 

@@ -71,3 +71,46 @@ def emit(rows: list[dict], json_path: Path | None, notes: list[str]) -> None:
         Path(json_path).write_text(json.dumps({"machine": machine(), "rows": rows, "notes": notes},
                                               indent=1) + "\n")
         print(f"wrote {json_path}")
+
+
+def merge(folder: Path) -> dict:
+    """Every bench JSON in ``folder`` under its file name, and the CUDA tests' pytest JUnit summary
+    (``cuda-tests.xml``), as one report (``make bench-gpu``)."""
+    import xml.etree.ElementTree as ET
+
+    out: dict = {"machine": machine(), "benches": {}}
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name != "gpu.json":
+            out["benches"][path.stem] = json.loads(path.read_text())
+    junit = Path(folder) / "cuda-tests.xml"
+    if junit.is_file():
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        out["cuda_tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["machine"]["gpu"] = torch.cuda.get_device_name()
+            out["machine"]["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m meg2fmri.bench.report --merge DIR --out FILE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m meg2fmri.bench.report",
+                                     description="merge a folder of bench JSON files into one report")
+    parser.add_argument("--merge", type=Path, required=True, help="folder of bench JSON (and cuda-tests.xml)")
+    parser.add_argument("--out", type=Path, required=True, help="the merged JSON")
+    args = parser.parse_args(argv)
+    args.out.write_text(json.dumps(merge(args.merge), indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -48,8 +48,10 @@ def model_memory(width: int, values: int, k: int | None) -> dict:
     return {"params": params, "train_mb": round((4 * params + fixed) * 4 / 1e6, 1)}
 
 
-def timed_steps(batches, steps: int, config: TrainConfig, width: int, target, device) -> float:
-    """Samples/s of ``steps`` training steps over ``batches`` (an iterable, re-iterated as needed)."""
+def timed_steps(batches, steps: int, config: TrainConfig, width: int, target, device) -> tuple[float, float]:
+    """(samples/s, data-wait share) of ``steps`` training steps over ``batches`` (an iterable,
+    re-iterated as needed); the share is the fraction of the timed wall time the training loop spent
+    waiting for its next batch."""
     torch.manual_seed(0)
     head = None if target.kind == "slice" else random_head(target.values)
     generator, critic = (m.to(device) for m in build_models(width, target, head=head))
@@ -57,9 +59,16 @@ def timed_steps(batches, steps: int, config: TrainConfig, width: int, target, de
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
     bce, mse = nn.BCEWithLogitsLoss(), nn.MSELoss()
     done = samples = 0
-    start = None
+    start, waited = None, 0.0
     while done < steps:
-        for batch in batches:
+        iterator = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            if start is not None:
+                waited += time.perf_counter() - asked
             if start is None and done == 5:  # warm-up steps excluded
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -72,7 +81,8 @@ def timed_steps(batches, steps: int, config: TrainConfig, width: int, target, de
                 break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return samples / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return samples / elapsed, waited / elapsed
 
 
 def in_memory(loader: ShardLoader) -> list[dict]:
@@ -107,15 +117,20 @@ def run(work: Path, bids_root: Path | None, steps: int = 200, repeats: int = 3,
     rows = []
     volume = target.kind != "slice"
     memory_use = model_memory(width, target.values, COMPONENTS) if volume else {}
+    waits = {name: statistics.median(w for _, w in v) for name, v in results.items()}
+    results = {name: [r for r, _ in v] for name, v in results.items()}
     for name, values in results.items():
         value = statistics.median(values)
         rows.append(row(f"train_{name}", 1 / value, value, "samples/s", device=str(device),
+                        data_wait_share=round(waits[name], 4),
                         batch_size=config.batch_size, step_ms=round(1000 * config.batch_size / value, 1),
                         target=f"{target.kind} {list(target.shape)}", **memory_use))
     medians = {name: statistics.median(v) for name, v in results.items()}
     notes = [f"local / in-memory = {medians['local'] / medians['in_memory']:.0%} (target >= "
              f"{95 if volume else 90}%)",
-             f"s3 / in-memory = {medians['s3'] / medians['in_memory']:.0%}"]
+             f"s3 / in-memory = {medians['s3'] / medians['in_memory']:.0%}",
+             "share of a step's wall time spent waiting for data: "
+             + ", ".join(f"{name} {share:.1%}" for name, share in waits.items())]
     if volume:
         from nilearn import datasets
 

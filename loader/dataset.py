@@ -63,13 +63,35 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.counts = counts
         self.layout = SampleLayout.from_index(self.index)
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
-        self.epoch, self.start = 0, 0
+        # (epoch, start) in shared memory: DataLoader workers that live across epochs
+        # (persistent_workers) read the epoch the main process set, not the one they were forked with
+        self._cursor = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._plan: tuple[int, EpochPlan] | None = None
         # Local (memory-mapped) shards stay open across epochs: checked once, then free to reuse.
         # Remote shards are fetched again each epoch and released after their last use.
         self.opened: dict[int, ShardArrays] = {}
         self.keep_open = isinstance(store, LocalStore)
+        # Which local shards some process of this loader has already hashed (shared with the
+        # workers): a shard is hashed once for the loader's life, not once per worker per epoch.
+        self._hashed = torch.zeros(len(self.entries), dtype=torch.bool).share_memory_()
         self._pools: dict[tuple[int, bool], BufferPool] = {}
+
+    @property
+    def epoch(self) -> int:
+        return int(self._cursor[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._cursor[0] = value
+
+    @property
+    def start(self) -> int:
+        """Batches of this epoch to skip (a resumed position)."""
+        return int(self._cursor[1])
+
+    @start.setter
+    def start(self, value: int) -> None:
+        self._cursor[1] = value
 
     def __len__(self) -> int:  # batches per rank per epoch (the same on every rank)
         return self.plan().batches
@@ -215,10 +237,14 @@ class ShardFetcher:
             self.futures[slot] = self.pool.submit(self._load, slot)
 
     def _load(self, slot: int) -> ShardArrays:
-        entry = self.dataset.entries[slot]
-        arrays = shard_arrays(self.dataset.store.shard(entry), entry, self.dataset.layout)
-        if self.dataset.keep_open:
-            self.dataset.opened[slot] = arrays
+        ds = self.dataset
+        entry = ds.entries[slot]
+        if ds.keep_open and bool(ds._hashed[slot]):  # another worker of this loader hashed these bytes
+            ds.store.trust(entry)
+        arrays = shard_arrays(ds.store.shard(entry), entry, ds.layout)
+        if ds.keep_open:
+            ds.opened[slot] = arrays
+            ds._hashed[slot] = ds.store.verified(entry)
         return arrays
 
     def arrays(self, i: int) -> dict[int, ShardArrays | None]:

@@ -7,6 +7,8 @@ chosen row once. ``nogil`` lets the prefetch thread gather while the trainer com
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -31,6 +33,28 @@ ROW_COPY_BYTES = 16384  # rows at least this long are copied whole, one memcpy e
 SPLIT_BYTES = 4 << 20  # a call moving more than this is split over the caller's threads
 
 
+_READY: dict[tuple, threading.Event] = {}
+_LOCK = threading.Lock()
+
+
+def ready(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.ndarray) -> bool:
+    """Whether ``gather_rows`` is loaded for these argument types. The first call for a type starts
+    loading it in a thread (from numba's cache: about 0.5 s per process, which a loader's first batch
+    would otherwise wait for) and says no, so that the caller copies with numpy until it is."""
+    key = (numba.typeof(source), numba.typeof(rows), numba.typeof(positions), numba.typeof(out))
+    with _LOCK:
+        event = _READY.get(key)
+        if event is None:
+            event = _READY[key] = threading.Event()
+            args = (source, rows[:0], positions[:0], out)  # the same types (layouts too), no rows
+
+            def load() -> None:
+                gather_rows(*args)
+                event.set()
+            threading.Thread(target=load, name="gather-kernel-load", daemon=True).start()
+    return event.is_set()
+
+
 def _copy_rows(source: np.ndarray, rows: list[int], positions: list[int], out: np.ndarray) -> None:
     for r, p in zip(rows, positions, strict=True):
         out[p] = source[r]
@@ -44,7 +68,10 @@ def gather(source: np.ndarray, rows: np.ndarray, positions: np.ndarray, out: np.
     for these copies, so a large call is split over ``threads`` of ``pool`` (an executor), whose
     copies run in parallel (2 threads here: 13.7 GB/s against 9.3)."""
     if source.shape[1] * source.itemsize < ROW_COPY_BYTES:
-        gather_rows(source, rows, positions, out)
+        if ready(source, rows, positions, out):
+            gather_rows(source, rows, positions, out)
+        else:  # numba loads (or compiles) the kernel in the background; numpy meanwhile
+            gather_rows_numpy(source, rows, positions, out)
         return
     rows, positions = rows.tolist(), positions.tolist()
     if pool is None or threads < 2 or len(rows) * source.shape[1] * source.itemsize < SPLIT_BYTES:

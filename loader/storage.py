@@ -79,6 +79,14 @@ class LocalStore:
             raise ShardIntegrityError(f"{folder / name}: listed in the index but missing; re-run "
                                       "`ingest`") from None
 
+    def verified(self, entry: ShardEntry) -> bool:
+        """Whether this process has checked the shard's sha256."""
+        return entry.sha256 in self._verified
+
+    def trust(self, entry: ShardEntry) -> None:
+        """Take the shard's sha256 as checked (another process of the same loader hashed the file)."""
+        self._verified.add(entry.sha256)
+
     def shard(self, entry: ShardEntry) -> np.ndarray:
         path = self.root / entry.name
         return map_checked(path, entry, verify=self.config.verify and entry.sha256 not in self._verified,

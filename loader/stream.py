@@ -58,7 +58,7 @@ class ShardLoader:
     def __init__(self, source: str | Path, split: str = "train", stream: StreamConfig | None = None,
                  store: StoreConfig | None = None, *, num_workers: int = 0,
                  device: str | torch.device = "auto", prefetch: int = 2, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, persistent_workers: bool = True):
         if split not in SPLITS:
             raise InputError(f"split must be one of {SPLITS}, not {split!r}")
         self.stream = stream or StreamConfig()
@@ -66,6 +66,11 @@ class ShardLoader:
         self.rank, self.world_size = resolve_world(rank, world_size)
         self.device = resolve_device(device)
         self.num_workers, self.prefetch = num_workers, prefetch
+        # Workers live across epochs (as torch's persistent_workers): no process start-up per epoch,
+        # and each worker hashes a local shard once in its life (storage.py), not once per epoch.
+        self.persistent_workers = persistent_workers
+        self._workers: torch.utils.data.DataLoader | None = None
+        self._iterator = None  # the workers' iterator (torch's, which owns the processes)
         self.dataset = ShardDataset(self.store, split, self.stream, rank=self.rank, world=self.world_size,
                                     pin_memory=self.device.type == "cuda")
         if not self.dataset.entries:
@@ -111,21 +116,37 @@ class ShardLoader:
         ds.epoch, ds.start = self.epoch, self.position
         sizes = ds.plan().sizes()
         if self.num_workers > 0:
-            batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                                                       pin_memory=self.device.type == "cuda",
-                                                       prefetch_factor=max(2, self.prefetch)))
+            batches = self._iterator = iter(self._worker_loader())  # a persistent one resumes at the cursor
         else:  # gather in a background thread, whole chunks at a time (one hand-over per chunk)
             batches = (batch for chunk in background(ds.chunks(), self.prefetch) for batch in chunk)
         prefetcher = DevicePrefetcher(batches, self.device, depth=self.prefetch)
+        healthy = False
         try:
             for batch in prefetcher:
                 self.skipped += int(sizes[self.position]) - len(batch["index"])
                 self.position += 1
                 yield batch
-        finally:  # a worker raised, or the caller stopped early: end the worker processes now, not
-            # when the traceback that references this iterator is collected
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            healthy = True
+        except GeneratorExit:  # the caller stopped early: persistent workers drop what they made ahead
+            healthy = True
+            raise
+        finally:
+            if not healthy or not self.persistent_workers:  # a worker raised: end every worker process
+                self.close()  # now, not when the traceback that references this iterator is collected
         if self.position >= len(sizes):
             self.epoch, self.position = self.epoch + 1, 0
+
+    def _worker_loader(self) -> torch.utils.data.DataLoader:
+        if self._workers is None:
+            self._workers = torch.utils.data.DataLoader(
+                self.dataset, batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda", prefetch_factor=max(2, self.prefetch),
+                persistent_workers=self.persistent_workers)
+        return self._workers
+
+    def close(self) -> None:
+        """End the DataLoader worker processes (they are started again by the next iteration)."""
+        iterator, self._iterator, self._workers = self._iterator, None, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

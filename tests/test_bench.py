@@ -44,18 +44,24 @@ def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
     """Local and S3 rows side by side, a short 'long run' and a small float BOLD run."""
     out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01", "--source", "s3",
                             "--long-seconds", "20", "--float-volumes", "4")
-    names = ["decode_floor", "ingest_1worker", "ingest_all", "decode_floor_s3", "fif_s3_memory",
-             "fif_s3_tempfile", "ingest_1worker_s3", "ingest_1worker_s3_to_s3", "long_run_1worker",
-             "float_bold"]
+    names = ["decode_floor", "ingest_1worker", "write_floor", "ingest_all", "decode_floor_s3",
+             "fif_s3_memory", "fif_s3_tempfile", "ingest_1worker_s3", "ingest_1worker_s3_to_s3",
+             "long_run_1worker", "float_bold"]
     rows = check_shape(out, names)
-    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[6]["runs"] == 3
+    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[7]["runs"] == 3
+    ingested = tmp_path / "work" / "ingest-1"  # the floor writes exactly what ingest wrote
+    assert rows[2]["output_files"] == sum(1 for p in ingested.rglob("*") if p.is_file())
+    written = sum(p.stat().st_size for p in ingested.rglob("*") if p.is_file())
+    assert abs(rows[2]["output_mb"] * 1e6 - written) <= 1e-6 * written
     assert 0 < rows[-1]["peak_vs_decoded"] < 10
-    assert "ingest (1 worker) / decode floor" in stdout and "projection, ds004078" in stdout
+    assert "ingest (1 worker) / (decode floor + write floor)" in stdout and "projection, ds004078" in stdout
 
 
 def test_bench_train_json(tiny_root: Path, tmp_path: Path):
     out, stdout = run_bench("train", tiny_root, tmp_path, "--steps", "8")
-    check_shape(out, ["train_in_memory", "train_local", "train_s3"])
+    rows = check_shape(out, ["train_in_memory", "train_local", "train_s3"])
+    assert all(0 <= r["data_wait_share"] < 1 for r in rows)
+    assert rows[0]["data_wait_share"] < 0.5  # in-memory batches: the loop hardly waits
     assert "local / in-memory" in stdout
 
 

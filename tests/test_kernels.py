@@ -168,3 +168,29 @@ def test_gather_copies_long_rows_whole_and_split_over_threads():
             out = np.zeros_like(expected)
             gather(source, rows, positions, out, **kwargs)
             np.testing.assert_array_equal(out, expected)
+
+
+def test_gather_copies_the_same_rows_before_and_after_the_kernel_loads():
+    """The first call copies with numpy while numba loads the kernel in a thread; later calls use the
+    kernel, for the same strided (layout 'A') views the loader passes."""
+    import time
+
+    from meg2fmri.loader import kernels
+
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal((50, 37)).astype(np.float32)
+    source = block[:, 3:31]  # a strided view, as a shard's MEG rows are
+    rows, positions = rng.permutation(50)[:12], rng.permutation(12)
+    expected = np.zeros((12, 28), np.float32)
+    expected[positions] = source[rows]
+    first = np.zeros_like(expected)
+    kernels.gather(source, rows, positions, first)
+    assert np.array_equal(first, expected)
+    deadline = time.monotonic() + 60
+    while not kernels.ready(source, rows, positions, first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kernels.ready(source, rows, positions, first)
+    later = np.zeros_like(expected)
+    kernels.gather(source, rows, positions, later)
+    assert np.array_equal(later, expected)
+    assert any(sig[0].layout == "A" for sig in kernels.gather_rows.signatures)

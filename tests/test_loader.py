@@ -150,3 +150,46 @@ def test_loader_reports_missing_index_and_empty_split(tmp_path):
         ShardLoader(tmp_path, "validation")
     with pytest.raises(InputError, match="unsupported URL scheme"):
         ShardLoader("gs://bucket/shards", "train")
+
+
+def test_persistent_workers_live_across_epochs_and_follow_the_epoch(ingested):
+    """The same worker processes serve every epoch, each epoch's stream is the one the main process
+    set (not the epoch the workers started in), and a stop mid-epoch resumes in the same workers."""
+    config = StreamConfig(batch_size=7, seed=4, shuffle_buffer=20)
+    single = ShardLoader(ingested, "train", config, device="cpu")
+    expected = []
+    for epoch in range(3):
+        single.set_epoch(epoch)
+        expected.append([b["index"].tolist() for b in single])
+    assert expected[0] != expected[1]
+
+    loader = ShardLoader(ingested, "train", config, device="cpu", num_workers=2)
+    got, pids = [], []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        if epoch == 1:  # stop after 3 batches, then go on inside the same epoch
+            head = []
+            for batch in loader:
+                head.append(batch["index"].tolist())
+                if len(head) == 3:
+                    break
+            got.append(head + [b["index"].tolist() for b in loader])
+        else:
+            got.append([b["index"].tolist() for b in loader])
+        pids.append(sorted(w.pid for w in loader._iterator._workers))
+    assert got == expected
+    assert pids[0] == pids[1] == pids[2]
+    assert bool(loader.dataset._hashed.all())  # every shard hashed by some worker, shared with all
+    loader.close()
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []
+
+
+def test_non_persistent_workers_start_afresh_each_epoch(ingested):
+    loader = ShardLoader(ingested, "train", StreamConfig(batch_size=16), device="cpu", num_workers=2,
+                         persistent_workers=False)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert sum(len(b["index"]) for b in loader) == loader.samples
+        assert loader._iterator is None  # its workers ended with the epoch
