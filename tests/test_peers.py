@@ -12,6 +12,9 @@ streaming = pytest.importorskip("streaming")
 
 from meg2fmri.bench import peers  # noqa: E402
 
+# the peers' own warnings (MDS hands torch read-only numpy arrays; torch says so) are not ours
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def formats(ingested, tmp_path_factory):
