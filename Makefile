@@ -204,6 +204,8 @@ $(PEERS_VENV)/.installed: pyproject.toml
 bench-peers: $(VENV)/.installed-test $(PEERS_VENV)/.installed
 	mkdir -p $(BENCH_DIR)
 	$(BIN)/bench loader --work bench-work --peers $(PEERS_VENV)/bin/python --json $(BENCH_DIR)/loader-peers.json
+	$(BIN)/bench loader --target volume --work bench-work --peers $(PEERS_VENV)/bin/python \
+		--json $(BENCH_DIR)/loader-volume-peers.json
 	if [ "$(BENCH_DIR)" = "bench-output" ]; then $(PAGES) --collect benchmarks $(BENCH_DIR); fi
 
 # The GPU check, one command on a machine with an NVIDIA GPU (about 8 minutes): a CUDA torch build in
