@@ -310,14 +310,15 @@ def peer_comparison(python: Path, shards: Path, work: Path, epochs: int) -> tupl
         rows.append(row(f"peer_{r['name']}", 1 / rate_, rate_, "samples/s", **fields))
     v = report["versions"]
     notes.append(f"peers (torch {v['torch']}, litdata {v['litdata']}, mosaicml-streaming "
-                 f"{v['mosaicml-streaming']}; {report['samples']} samples; disk: "
+                 f"{v['mosaicml-streaming']}, megatron-energon {v['megatron-energon']}; "
+                 f"{report['samples']} samples; disk: "
                  + ", ".join(f"{k} {b / 1e6:.1f} MB" for k, b in report["disk_bytes"].items()) + ")")
     for name, r in by.items():
         if not name.startswith("ours_") or "error" in r:
             continue
         rest = name.removeprefix("ours_").removeprefix("cached_")
         parts = []
-        for peer in ("litdata", "mosaicml"):
+        for peer in ("litdata", "mosaicml", "energon"):
             other = by.get(f"{peer}_{rest}")
             if other is None or "error" in other:
                 continue

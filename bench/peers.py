@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-PEERS = ("litdata", "mosaicml")
+PEERS = ("litdata", "mosaicml", "energon")
 BATCHES = (32, 256)
 
 
@@ -105,6 +105,47 @@ def to_mds(paths: list[Path], out: Path, hashes: list[str] | None = None) -> Pat
     return out
 
 
+DATASET_YAML = """sample_type:
+  __module__: meg2fmri.bench.energon_sample
+  __class__: EnergonSample
+field_map:
+  meg: meg.npy
+  fmri: fmri.npy
+"""
+
+
+def to_energon(paths: list[Path], out: Path) -> Path:
+    """Our training shards as an Energon dataset: the tars themselves (hard-linked; Energon reads
+    WebDataset), plus the ``.nv-meta`` that ``energon prepare`` writes (its ``WebdatasetPreparator``)
+    and a ``dataset.yaml`` naming the sample type."""
+    from megatron.energon.epathlib import EPath
+    from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in paths:
+        try:
+            os.link(path, out / path.name)
+        except OSError:
+            shutil.copyfile(path, out / path.name)
+    WebdatasetPreparator.prepare_dataset(EPath(out), [p.name for p in paths],
+                                         split_parts_ratio=[("train", 1.0)], workers=1)
+    (out / ".nv-meta" / "dataset.yaml").write_text(DATASET_YAML)
+    keys = {}
+    for item in shard_inputs(paths):  # sample ids by key: Energon's batches carry the keys
+        for i, key in enumerate(tar_keys(Path(item[0]))):
+            keys[key] = item[1] + i
+    (out / "sample-ids.json").write_text(json.dumps(keys))
+    return out
+
+
+def tar_keys(path: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return list(dict.fromkeys(m.name.split(".", 1)[0] for m in tar.getmembers()))
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -158,6 +199,40 @@ def mosaicml_loader(source: str, cache: Path, batch_size: int, workers: int, end
                                persistent_workers=workers > 0)
 
 
+def energon_loader(source: str, cache: Path, batch_size: int, workers: int, endpoint: str | None,
+                   seed: int = 0, savable: bool = False):
+    """Energon's training dataset (its documented shuffle buffer and sequence settings) and loader,
+    one pass per iteration (``repeat=False``)."""
+    import torch
+    import torch.distributed as dist
+    from megatron.energon import WorkerConfig, get_loader, get_savable_loader, get_train_dataset
+
+    if endpoint:
+        raise NotImplementedError("Energon from S3 is not wired into this bench (msc/rclone config)")
+    ids = json.loads((Path(source) / "sample-ids.json").read_text())
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    config = WorkerConfig(rank=rank, world_size=world, num_workers=workers)
+    dataset = get_train_dataset(source, worker_config=config, batch_size=batch_size, shuffle_buffer_size=100,
+                                max_samples_per_sequence=100, repeat=False)
+    loader = get_savable_loader(dataset) if savable else get_loader(dataset)
+
+    class Epochs:
+        def state_dict(self):
+            return loader.save_state_rank()
+
+        def load_state_dict(self, state):
+            loader.restore_state_rank(state)
+
+        def __iter__(self):
+            for batch in loader:
+                # Energon's default batcher keeps numpy fields as lists: stacked here, as torch's
+                # default_collate does for the other loaders
+                yield {"index": torch.tensor([ids[k] for k in batch.__key__]),
+                       "meg": torch.from_numpy(np.stack(batch.meg)),
+                       "fmri": torch.from_numpy(np.stack(batch.fmri))}
+    return Epochs()
+
+
 def ours_loader(source: str, cache: Path, batch_size: int, workers: int, endpoint: str | None,
                 seed: int = 0, cached: bool = False):
     from meg2fmri.loader import ShardLoader, StoreConfig, StreamConfig
@@ -182,8 +257,10 @@ def ours_loader(source: str, cache: Path, batch_size: int, workers: int, endpoin
     return Epochs()
 
 
-IMPORTS = {"litdata": "litdata", "mosaicml": "streaming", "ours": "meg2fmri.loader.stream"}
-READERS = {"litdata": litdata_loader, "mosaicml": mosaicml_loader, "ours": ours_loader}
+IMPORTS = {"litdata": "litdata", "mosaicml": "streaming", "energon": "megatron.energon",
+           "ours": "meg2fmri.loader.stream"}
+READERS = {"litdata": litdata_loader, "mosaicml": mosaicml_loader, "energon": energon_loader,
+           "ours": ours_loader}
 
 
 def measure(reader: str, source: str, cache: Path, batch_size: int, workers: int, endpoint: str | None,
@@ -313,18 +390,22 @@ def compare(args) -> None:
     start = time.perf_counter()
     formats["mosaicml"] = to_mds(paths, work / "mds")
     convert_s["mosaicml"] = time.perf_counter() - start
+    start = time.perf_counter()
+    formats["energon"] = to_energon(paths, work / "energon")
+    convert_s["energon"] = time.perf_counter() - start
     disk = {"ours": sum(e.bytes for e in train), **{k: folder_bytes(v) for k, v in formats.items()}}
     rows = []
     server, endpoint = moto_process()
     try:
         s3 = {"ours": upload_train_shards(endpoint, shards, train, "peers-bench", index.target.get("mask")),
-              **{k: upload(endpoint, v, "peers-bench", k) for k, v in formats.items()}}
+              **{k: upload(endpoint, v, "peers-bench", k) for k, v in formats.items() if k != "energon"}}
         local = {"ours": str(shards), **{k: str(v) for k, v in formats.items()}}
         plans = []
         for batch_size in args.batch_sizes:
             for where, sources in (("local", local), ("s3", s3)):
                 for reader in ("ours", *PEERS):
-                    plans.append((reader, where, sources[reader], batch_size, False))
+                    if reader in sources:  # Energon: local only (its S3 access is not wired here)
+                        plans.append((reader, where, sources[reader], batch_size, False))
                 plans.append(("ours", where, s3["ours"], batch_size, True)) if where == "s3" else None
         for reader, where, source, batch_size, cached in plans:
             best = None
@@ -405,10 +486,11 @@ def check_ranks(reader: str, source: str, work: Path, n: int) -> dict:
 def check_resume(reader: str, source: str, work: Path, stop: int = 3) -> dict:
     """Stop after ``stop`` batches, save the loader's state, resume in a new loader: the same stream?"""
     full = epoch_ids(READERS[reader](source, work / "full", 16, 0, None))
-    first = READERS[reader](source, work / "a", 16, 0, None)
+    extra = {"savable": True} if reader == "energon" else {}  # Energon's checkpointing loader
+    first = READERS[reader](source, work / "a", 16, 0, None, **extra)
     head = epoch_ids(first, stop)
     state = first.state_dict()  # each loader's own checkpoint API
-    resumed = READERS[reader](source, work / "b", 16, 0, None)
+    resumed = READERS[reader](source, work / "b", 16, 0, None, **extra)
     resumed.load_state_dict(state)
     tail = epoch_ids(resumed)
     flat, whole = [i for b in head + tail for i in b], [i for b in full for i in b]
@@ -455,6 +537,7 @@ S3_RETRIES = {  # read from each package's source (not checkable against moto wi
     "litdata": "yes: botocore retries (max_attempts=1000, adaptive; litdata/streaming/client.py); "
                "not checked here",
     "mosaicml": "yes: download_retry=2 per shard (StreamingDataset); not checked here",
+    "energon": "not measured: its S3 access (multi-storage-client or rclone) is not wired into this bench",
 }
 
 
@@ -463,7 +546,7 @@ def guarantees(args) -> None:
     shards, work = Path(args.shards), Path(args.work)
     paths, sums, _ = reference(shards)
     folders = {"ours": shards, "litdata": to_litdata(paths, work / "g-litdata"),
-               "mosaicml": to_mds(paths, work / "g-mds")}
+               "mosaicml": to_mds(paths, work / "g-mds"), "energon": to_energon(paths, work / "g-energon")}
     table = {}
     for reader, folder in folders.items():
         checks, here = {}, work / "g" / reader

@@ -1,7 +1,8 @@
 """The peers' converters and readers (bench/peers.py) on the tiny dataset's shards: every sample
-reaches each peer's format and comes back exactly once with its values. These need the peers'
-environment (make bench-peers builds .venv-peers; both peers need torchvision, hence torch 2.14.1)
-and are skipped where litdata or mosaicml-streaming is not installed."""
+reaches each peer's format (Energon: our shards as they are, described) and comes back exactly once
+with its values. These need the peers' environment (make bench-peers builds .venv-peers; LitData and
+Streaming need torchvision, hence torch 2.14.1) and are skipped where litdata, mosaicml-streaming or
+megatron-energon is not installed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 litdata = pytest.importorskip("litdata")
 streaming = pytest.importorskip("streaming")
+pytest.importorskip("megatron.energon")
 
 from meg2fmri.bench import peers  # noqa: E402
 
@@ -21,11 +23,12 @@ def formats(ingested, tmp_path_factory):
     paths, sums, payload = peers.reference(ingested)
     work = tmp_path_factory.mktemp("peers")
     folders = {"litdata": peers.to_litdata(paths, work / "litdata"),
-               "mosaicml": peers.to_mds(paths, work / "mds"), "ours": ingested}
+               "mosaicml": peers.to_mds(paths, work / "mds"),
+               "energon": peers.to_energon(paths, work / "energon"), "ours": ingested}
     return folders, sums, payload, work
 
 
-@pytest.mark.parametrize("reader", ["litdata", "mosaicml", "ours"])
+@pytest.mark.parametrize("reader", ["litdata", "mosaicml", "energon", "ours"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_each_reader_delivers_every_sample_once_with_its_values(formats, reader, workers):
     folders, sums, payload, work = formats
