@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,27 @@ SLOW_MODULES = {"test_ingest", "test_ingest_faults", "test_inputs", "test_s3_clu
                 "test_bench", "test_calibrate", "test_bids_validator", "test_synth_cli", "test_synth_layout"}
 RAY_MODULES = {"test_ingest", "test_ingest_faults", "test_inputs", "test_s3_cluster", "test_study",
                "test_bench"}
+
+
+# The whole suite writes about 7.5 GB under the temporary folder at its peak (measured 2026-12-07 with
+# `du` every 10 s), removed when it passes (pyproject: tmp_path_retention_policy). A disk that fills
+# half-way fails tests far from the cause (moto's put_object, a torchrun rank, synth's rename), so
+# a run that needs the datasets stops before it starts and says why.
+NEEDED_FREE_GB = float(os.environ.get("MEG2FMRI_TEST_FREE_GB", "9"))
+
+
+def pytest_sessionstart(session):
+    if "not slow" in (session.config.getoption("markexpr") or ""):
+        return  # no dataset fixtures: megabytes, not gigabytes
+    folder = Path(session.config.getoption("basetemp") or tempfile.gettempdir())
+    while not folder.exists():  # a --basetemp that pytest has yet to make
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / 1e9
+    if free < NEEDED_FREE_GB:
+        pytest.exit(f"{folder}: {free:.1f} GB free, and the tests write about 7.5 GB there at their peak "
+                    f"(they need {NEEDED_FREE_GB:g}). Free space (old study-output/, bench-work/, "
+                    "/tmp/pytest-of-*/), point TMPDIR elsewhere, or run `make test-quick`; "
+                    "MEG2FMRI_TEST_FREE_GB lowers the bar.", returncode=3)
 
 
 def pytest_collection_modifyitems(items):
