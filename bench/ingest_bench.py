@@ -178,6 +178,109 @@ def float_bold_peak(work: Path, volumes: int) -> tuple[float, float, float]:
     return peak, decoded, seconds
 
 
+def local_timings(root: Path, work: Path, files: list, subjects: tuple[str, ...] | None, cores: int,
+                  repeats: int) -> tuple[dict[str, list[float]], list, dict[str, bytes]]:
+    """Seconds of the decode floor, 1-worker ingest, the write floor and all-core ingest from local
+    files; the 1-worker ingest's run results and the bytes it wrote."""
+    timings = {"decode_floor": median_of(lambda: decode_floor(files), repeats)}
+    timings["ingest_1worker"], results = timed_ingest(str(root), lambda i: str(work / "ingest-1"), subjects,
+                                                      1, repeats)
+    written = output_files(work / "ingest-1")
+    timings["write_floor"] = median_of(lambda: write_floor(written, work / "write-floor"), repeats)
+    shutil.rmtree(work / "write-floor", ignore_errors=True)
+    timings["ingest_all"], _ = timed_ingest(str(root), lambda i: str(work / f"ingest-{cores}"), subjects,
+                                            cores, repeats)
+    return timings, results, written
+
+
+def s3_timings(root: Path, work: Path, subjects: tuple[str, ...] | None, repeats: int
+               ) -> dict[str, list[float]]:
+    """The same from a moto S3 server on loopback: the decode floor after one GET of each object, a FIF
+    read into memory or through a temporary file, 1-worker ingest to local files and to S3."""
+    server, endpoint = moto_process()
+    try:
+        options = {"endpoint_url": endpoint}
+        url = upload_tree(endpoint, Path(root), "bench-bids", "bench")
+        s3_files = [f for f in find_runs(Location(url, options))[0]
+                    if subjects is None or f.subject in subjects]
+        timings = {"decode_floor_s3": median_of(lambda: decode_floor(s3_files), repeats),
+                   "fif_s3_memory": median_of(lambda: fif_from_s3(s3_files, "memory"), repeats),
+                   "fif_s3_tempfile": median_of(lambda: fif_from_s3(s3_files, "tempfile"), repeats)}
+        timings["ingest_1worker_s3"], _ = timed_ingest(url, lambda i: str(work / "ingest-s3"), subjects, 1,
+                                                       repeats, options)
+        Location("s3://bench-out", options).fs.mkdir("bench-out")
+        timings["ingest_1worker_s3_to_s3"], _ = timed_ingest(
+            url, lambda i: f"s3://bench-out/run-{i}", subjects, 1, repeats, options)
+        return timings
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def ingest_notes(by: dict[str, dict], results: list, files: list, written: dict[str, bytes], cores: int,
+                 root: Path, input_mb: float) -> list[str]:
+    """Adds the 1-worker ingest's memory and stage figures to its row; the ratios as notes."""
+    one = by["ingest_1worker"]
+    decoded = [r for r in results if r.decoded]
+    sizes = {(f.subject, f.run): f.input_bytes() for f in files}
+    peak_ratio = max(r.peak_task_mb / r.decoded_mb for r in decoded)
+    input_ratio = max(r.peak_task_mb * 2**20 / sizes[(r.subject, r.run)] for r in decoded)
+    stages = {k: statistics.mean(r.seconds[k] for r in decoded) for k in decoded[0].seconds}
+    one.update(peak_task_mb=max(r.peak_task_mb for r in decoded), peak_vs_decoded=peak_ratio,
+               peak_vs_input=input_ratio, stage_s_per_run={k: round(v, 3) for k, v in stages.items()})
+    by["write_floor"].update(output_mb=sum(len(b) for b in written.values()) / 1e6, output_files=len(written))
+    floor = by["decode_floor"]["median_s"] + by["write_floor"]["median_s"]
+    return [f"{len(files)} runs, {input_mb:.0f} MB of FIF + NIfTI from {root}",
+            f"all {cores} cores vs 1 worker: {speedup(by):.2f}x",
+            f"ingest (1 worker) / (decode floor + write floor): {one['median_s'] / floor:.2f}x "
+            f"(target <= 1.2x); the write floor is a plain buffered write of the same "
+            f"{by['write_floor']['output_mb']:.0f} MB in {len(written)} files "
+            f"({by['write_floor']['median_s']:.2f} s; ingest also fsyncs each file it commits)",
+            f"ingest (1 worker) / decode floor alone (MNE read + ISA-L gunzip): "
+            f"{one['median_s'] / by['decode_floor']['median_s']:.2f}x",
+            f"peak memory per task: {one['peak_task_mb']:.0f} MB = {peak_ratio:.2f}x the "
+            f"run's decoded size, {input_ratio:.2f}x its input files",
+            "1-worker seconds per run by stage (mean): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())]
+
+
+def speedup(by: dict[str, dict]) -> float:
+    """All cores against 1 worker."""
+    return by["ingest_1worker"]["median_s"] / by["ingest_all"]["median_s"]
+
+
+def s3_notes(by: dict[str, dict]) -> list[str]:
+    """Each S3 configuration against its local one."""
+    notes = []
+    for name in ("decode_floor_s3", "ingest_1worker_s3", "ingest_1worker_s3_to_s3"):
+        local = "decode_floor" if name.startswith("decode") else "ingest_1worker"
+        notes.append(f"{name} / {local}: {by[name]['median_s'] / by[local]['median_s']:.2f}x "
+                     f"({by[name]['mb_per_s']:.0f} vs {by[local]['mb_per_s']:.0f} MB/s)")
+    notes.append(f"FIF from S3, read into memory / via a temporary file: "
+                 f"{by['fif_s3_memory']['median_s'] / by['fif_s3_tempfile']['median_s']:.2f}x the time")
+    notes.append(f"ingest_1worker_s3 / decode_floor_s3: "
+                 f"{by['ingest_1worker_s3']['median_s'] / by['decode_floor_s3']['median_s']:.2f}x")
+    return notes
+
+
+def long_run_result(work: Path, seconds: float, efficiency: float) -> tuple[dict, list[str]]:
+    """The long story's row, and its projection onto ds004078's 720 runs."""
+    long, _ = long_run(work, seconds)
+    per_story_s = long["ingest_s"] / seconds
+    total_s = DS004078_RUNS * DS004078_MEAN_STORY_S * per_story_s
+    memory_gb = (long["peak_task_mb"] + 300) / 1024
+    notes = [f"long run ({seconds:g} s story, {long['input_mb']:.0f} MB): ingest "
+             f"{long['ingest_s']:.1f} s vs decode floor {long['floor_s']:.1f} s "
+             f"({long['ingest_s'] / long['floor_s']:.2f}x), peak task memory {long['peak_task_mb']:.0f} MB",
+             f"projection, ds004078 (720 runs, mean story {DS004078_MEAN_STORY_S} s; ingest time "
+             f"proportional to story length; {efficiency:.0%} parallel efficiency as measured here): "
+             f"1 worker {total_s / 3600:.1f} h; one 16-core node {total_s / (16 * efficiency) / 3600:.1f} h "
+             f"with {16 * memory_gb:.0f} GB for 16 tasks; N nodes from S3: that / N while each node's "
+             f"S3 bandwidth exceeds {16 * long['input_mb'] / long['ingest_s']:.0f} MB/s"]
+    return row("long_run_1worker", long["ingest_s"], long["input_mb"] / long["ingest_s"], "MB/s",
+               story_s=seconds, **long), notes
+
+
 def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, repeats: int = 3,
         source: str = "local", long_seconds: float = 600.0, float_volumes: int = 150
         ) -> tuple[list[dict], list[str]]:
@@ -186,94 +289,23 @@ def run(bids_root: Path | None, work: Path, subjects: tuple[str, ...] | None, re
     root = bids_root or demo_dataset(work)
     files = [f for f in find_runs(Location(root))[0] if subjects is None or f.subject in subjects]
     input_mb = sum(f.input_bytes() for f in files) / 1e6
-    n = len(files)
     cores = len(os.sched_getaffinity(0))
-    timings = {"decode_floor": median_of(lambda: decode_floor(files), repeats)}
-    timings["ingest_1worker"], one = timed_ingest(str(root), lambda i: str(work / "ingest-1"), subjects, 1,
-                                                  repeats)
-    written = output_files(work / "ingest-1")
-    timings["write_floor"] = median_of(lambda: write_floor(written, work / "write-floor"), repeats)
-    shutil.rmtree(work / "write-floor", ignore_errors=True)
-    timings["ingest_all"], _ = timed_ingest(str(root), lambda i: str(work / f"ingest-{cores}"), subjects,
-                                            cores, repeats)
-    server = None
+    timings, results, written = local_timings(root, work, files, subjects, cores, repeats)
     if source == "s3":
-        server, endpoint = moto_process()
-        try:
-            options = {"endpoint_url": endpoint}
-            url = upload_tree(endpoint, Path(root), "bench-bids", "bench")
-            s3_files = [f for f in find_runs(Location(url, options))[0]
-                        if subjects is None or f.subject in subjects]
-            timings["decode_floor_s3"] = median_of(lambda: decode_floor(s3_files), repeats)
-            timings["fif_s3_memory"] = median_of(lambda: fif_from_s3(s3_files, "memory"), repeats)
-            timings["fif_s3_tempfile"] = median_of(lambda: fif_from_s3(s3_files, "tempfile"), repeats)
-            timings["ingest_1worker_s3"], _ = timed_ingest(url, lambda i: str(work / "ingest-s3"), subjects,
-                                                           1, repeats, options)
-            Location("s3://bench-out", options).fs.mkdir("bench-out")
-            timings["ingest_1worker_s3_to_s3"], _ = timed_ingest(
-                url, lambda i: f"s3://bench-out/run-{i}", subjects, 1, repeats, options)
-        finally:
-            server.terminate()
-            server.wait()
+        timings |= s3_timings(root, work, subjects, repeats)
     rows = []
     for name, times in timings.items():
         median = statistics.median(times)
-        rows.append(row(name, median, n / median, "runs/s", mb_per_s=input_mb / median, runs=n,
-                        workers=cores if name == "ingest_all" else 1, times_s=times))
+        rows.append(row(name, median, len(files) / median, "runs/s", mb_per_s=input_mb / median,
+                        runs=len(files), workers=cores if name == "ingest_all" else 1, times_s=times))
     by = {r["name"]: r for r in rows}
-    decoded = [r for r in one if r.decoded]
-    peak_ratio = max(r.peak_task_mb / r.decoded_mb for r in decoded)
-    sizes = {(f.subject, f.run): f.input_bytes() for f in files}
-    input_ratio = max(r.peak_task_mb * 2**20 / sizes[(r.subject, r.run)] for r in decoded)
-    by["ingest_1worker"]["peak_task_mb"] = max(r.peak_task_mb for r in decoded)
-    by["ingest_1worker"]["peak_vs_decoded"] = peak_ratio
-    by["ingest_1worker"]["peak_vs_input"] = input_ratio
-    stages = {k: statistics.mean(r.seconds[k] for r in decoded) for k in decoded[0].seconds}
-    by["ingest_1worker"]["stage_s_per_run"] = {k: round(v, 3) for k, v in stages.items()}
-    speedup = by["ingest_1worker"]["median_s"] / by["ingest_all"]["median_s"]
-    floor = by["decode_floor"]["median_s"] + by["write_floor"]["median_s"]
-    by["write_floor"]["output_mb"] = sum(len(b) for b in written.values()) / 1e6
-    by["write_floor"]["output_files"] = len(written)
-    notes = [f"{n} runs, {input_mb:.0f} MB of FIF + NIfTI from {root}",
-             f"all {cores} cores vs 1 worker: {speedup:.2f}x",
-             f"ingest (1 worker) / (decode floor + write floor): "
-             f"{by['ingest_1worker']['median_s'] / floor:.2f}x "
-             f"(target <= 1.2x); the write floor is a plain buffered write of the same "
-             f"{by['write_floor']['output_mb']:.0f} MB in {len(written)} files "
-             f"({by['write_floor']['median_s']:.2f} s; ingest also fsyncs each file it commits)",
-             f"ingest (1 worker) / decode floor alone (MNE read + ISA-L gunzip): "
-             f"{by['ingest_1worker']['median_s'] / by['decode_floor']['median_s']:.2f}x",
-             f"peak memory per task: {by['ingest_1worker']['peak_task_mb']:.0f} MB = {peak_ratio:.2f}x the "
-             f"run's decoded size, {input_ratio:.2f}x its input files",
-             "1-worker seconds per run by stage (mean): "
-             + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())]
+    notes = ingest_notes(by, results, files, written, cores, root, input_mb)
     if source == "s3":
-        for name in ("decode_floor_s3", "ingest_1worker_s3", "ingest_1worker_s3_to_s3"):
-            local = "decode_floor" if name.startswith("decode") else "ingest_1worker"
-            notes.append(f"{name} / {local}: {by[name]['median_s'] / by[local]['median_s']:.2f}x "
-                         f"({by[name]['mb_per_s']:.0f} vs {by[local]['mb_per_s']:.0f} MB/s)")
-        notes.append(f"FIF from S3, read into memory / via a temporary file: "
-                     f"{by['fif_s3_memory']['median_s'] / by['fif_s3_tempfile']['median_s']:.2f}x the time")
-        notes.append(f"ingest_1worker_s3 / decode_floor_s3: "
-                     f"{by['ingest_1worker_s3']['median_s'] / by['decode_floor_s3']['median_s']:.2f}x")
+        notes += s3_notes(by)
     if long_seconds:
-        long, long_files = long_run(work, long_seconds)
-        rows.append(row("long_run_1worker", long["ingest_s"], long["input_mb"] / long["ingest_s"], "MB/s",
-                        story_s=long_seconds, **long))
-        per_story_s = long["ingest_s"] / long_seconds
-        total_s = DS004078_RUNS * DS004078_MEAN_STORY_S * per_story_s
-        efficiency = min(1.0, speedup / cores)
-        memory_gb = (long["peak_task_mb"] + 300) / 1024
-        notes += [f"long run ({long_seconds:g} s story, {long['input_mb']:.0f} MB): ingest "
-                  f"{long['ingest_s']:.1f} s vs decode floor {long['floor_s']:.1f} s "
-                  f"({long['ingest_s'] / long['floor_s']:.2f}x), peak task memory "
-                  f"{long['peak_task_mb']:.0f} MB",
-                  f"projection, ds004078 (720 runs, mean story {DS004078_MEAN_STORY_S} s; ingest time "
-                  f"proportional to story length; {efficiency:.0%} parallel efficiency as measured here): "
-                  f"1 worker {total_s / 3600:.1f} h; one 16-core node "
-                  f"{total_s / (16 * efficiency) / 3600:.1f} h "
-                  f"with {16 * memory_gb:.0f} GB for 16 tasks; N nodes from S3: that / N while each node's "
-                  f"S3 bandwidth exceeds {16 * long['input_mb'] / long['ingest_s']:.0f} MB/s"]
+        long_row, long_notes = long_run_result(work, long_seconds, min(1.0, speedup(by) / cores))
+        rows.append(long_row)
+        notes += long_notes
     if float_volumes > 0:
         peak, decoded_mb, seconds = float_bold_peak(work, float_volumes)
         rows.append(row("float_bold", seconds, decoded_mb / seconds, "MB/s", decoded_mb=decoded_mb,

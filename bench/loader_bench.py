@@ -189,75 +189,66 @@ def zarr_epoch(path: Path, batch_size: int):
     return epoch
 
 
-def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
-        paper_samples: int = 4, png: Path | None = None, target: str = "slice",
-        peers: Path | None = None, peer_epochs: int = 4) -> tuple[list[dict], list[str]]:
-    """``bench loader``: our loader against plain webdataset, per-file MNE + nibabel, Zarr, S3 GETs."""
-    work.mkdir(parents=True, exist_ok=True)
-    root, shards = ensure_shards(work, bids_root, target)
-    index = read_index(shards)
-    layout = SampleLayout.from_index(index)
-    payload = layout.payload_bytes
-    train = [e for e in index.shards if e.split == "train"]
-    n_train = sum(e.count for e in train)
-    for e in train:  # page-cache the shards for every reader alike
-        (shards / e.name).read_bytes()
-    rows, rates = [], {}
+class Table:
+    """The rows of one run, and each row's samples/s by name (for the ratios in the notes)."""
 
-    def add(name: str, samples_per_s: float, runs: list[float], **extra) -> None:
-        rates[name] = samples_per_s
-        rows.append(row(name, 1 / samples_per_s, samples_per_s, "samples/s",
-                        mb_per_s=samples_per_s * payload / 1e6, **extra))
+    def __init__(self, payload: int):
+        self.payload, self.rows, self.rates = payload, [], {}
 
+    def add(self, name: str, samples_per_s: float, runs: list[float], **extra) -> None:
+        self.rates[name] = samples_per_s
+        self.rows.append(row(name, 1 / samples_per_s, samples_per_s, "samples/s",
+                             mb_per_s=samples_per_s * self.payload / 1e6, **extra))
+
+
+def local_rows(table: Table, root: Path, shards: Path, index: ShardIndex, train: list, repeats: int,
+               min_seconds: float, paper_samples: int) -> None:
+    """The per-file loop, plain webdataset (the better of 0 and 2 workers) and ours, local files."""
     times = paper_style(root, shards, index, paper_samples)
-    add("paper_style", 1 / statistics.median(times), times, batch_size=1)
-
+    table.add("paper_style", 1 / statistics.median(times), times, batch_size=1)
     urls = [str(shards / e.name) for e in train]
     best = max(((w, *rate(webdataset_epoch(urls, 32, w), repeats, min_seconds)) for w in (0, 2)),
                key=lambda t: t[1])
-    add("webdataset_plain", best[1], best[2], batch_size=32, workers=best[0])
-
+    table.add("webdataset_plain", best[1], best[2], batch_size=32, workers=best[0])
     for batch_size in (32, 256):
         loader = ShardLoader(shards, "train", StreamConfig(batch_size=batch_size), device="cpu")
         value, runs = rate(loader_epoch(loader), repeats, min_seconds)
-        add("loader_local" if batch_size == 32 else "loader_local_b256", value, runs, batch_size=batch_size)
+        table.add("loader_local" if batch_size == 32 else "loader_local_b256", value, runs,
+                  batch_size=batch_size)
 
+
+def s3_rows(table: Table, shards: Path, index: ShardIndex, train: list, repeats: int,
+            min_seconds: float) -> None:
+    """Ours from moto's S3 server on loopback, and the fastest plain GET loop of the same objects."""
     server, endpoint = moto_process()
     try:
         upload_train_shards(endpoint, shards, train, "meg2fmri-bench", index.target.get("mask"))
         store = StoreConfig(storage_options={"endpoint_url": endpoint})
-        s3_rates = {}
+        ours = {}
         for batch_size in (32, 256):
             loader = ShardLoader("s3://meg2fmri-bench/demo", "train", StreamConfig(batch_size=batch_size),
                                  store, device="cpu")
-            value, runs = rate(loader_epoch(loader), repeats, min_seconds)
-            s3_rates[batch_size] = (value, runs)
+            ours[batch_size] = rate(loader_epoch(loader), repeats, min_seconds)
+        keys = [f"demo/{e.name}" for e in train]
         raw = {name: rate(fn, repeats, min_seconds) for name, fn in
-               s3_raw_epochs(endpoint, "meg2fmri-bench", [f"demo/{e.name}" for e in train], n_train).items()}
+               s3_raw_epochs(endpoint, "meg2fmri-bench", keys, sum(e.count for e in train)).items()}
     finally:
         server.terminate()
         server.wait()
-    add("loader_s3", *s3_rates[32], batch_size=32)
-    add("loader_s3_b256", *s3_rates[256], batch_size=256)
+    table.add("loader_s3", *ours[32], batch_size=32)
+    table.add("loader_s3_b256", *ours[256], batch_size=256)
     client_name = max(raw, key=lambda k: raw[k][0])
-    add("s3_raw", *raw[client_name], client=client_name,
-        **{f"{name}_samples_per_s": round(v[0]) for name, v in raw.items()})
+    table.add("s3_raw", *raw[client_name], client=client_name,
+              **{f"{name}_samples_per_s": round(v[0]) for name, v in raw.items()})
 
-    zarr_path = export_zarr(shards, work / "loader-samples.zarr", progress=False, overwrite=True)
-    add("zarr_map", *rate(zarr_epoch(zarr_path, 32), repeats, min_seconds), batch_size=32)
 
-    memcpy = memcpy_mb_per_s(repeats)
-    rows.append(row("memcpy", 256 * 2**20 / 1e6 / memcpy, memcpy, "MB/s", mb_per_s=memcpy))
-    gpu = None
-    if torch.cuda.is_available():
-        gpu = cuda_rows(shards, payload, repeats, min_seconds)
-        add("loader_cuda_b256", gpu[0], [], batch_size=256)
-        rows.append(row("h2d_pinned_copy", 256 * payload / 1e6 / gpu[1], gpu[1], "MB/s", mb_per_s=gpu[1]))
-
+def loader_notes(table: Table, shards: Path, index: ShardIndex, n_train: int, memcpy: float) -> list[str]:
+    """Our loader against each alternative, with the targets (bandwidth ones for whole-brain samples,
+    issue 11)."""
+    rates, payload = table.rates, table.payload
     c, local_mb = rates["loader_local"], rates["loader_local"] * payload / 1e6
-    # whole-brain samples are large: the targets are bandwidth ones (issue 11)
     volume = index.target["kind"] != "slice"
-    notes = [
+    return [
         f"shards: {shards} ({n_train} train samples, {payload} payload bytes each; target "
         f"{index.target['kind']} {index.target['shape']} {index.target['dtype']})",
         f"loader_local / webdataset_plain = {c / rates['webdataset_plain']:.0f}x"
@@ -270,12 +261,42 @@ def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float
         f"loader_local payload = {local_mb:.0f} MB/s = {local_mb / memcpy:.0%} of memcpy (target >= "
         f"{70 if volume else 25}%); at batch 256: {rates['loader_local_b256'] * payload / 1e6 / memcpy:.0%}",
     ]
-    if gpu is not None:
-        delivered = gpu[0] * payload / 1e6
-        notes.append(f"loader to {torch.cuda.get_device_name()} at batch 256 = {delivered:.0f} MB/s "
-                     f"= {delivered / gpu[1]:.0%} of pinned copy_ ({gpu[1]:.0f} MB/s)")
-    else:
-        notes.append("no CUDA device here: the GPU prefetcher's host-to-device rows were not measured")
+
+
+def device_rows(table: Table, shards: Path, repeats: int, min_seconds: float) -> str:
+    """The prefetcher's delivery to a CUDA device against pinned ``copy_`` of the same bytes, when
+    there is one; the note."""
+    if not torch.cuda.is_available():
+        return "no CUDA device here: the GPU prefetcher's host-to-device rows were not measured"
+    samples_per_s, copy_mb_per_s = cuda_rows(shards, table.payload, repeats, min_seconds)
+    table.add("loader_cuda_b256", samples_per_s, [], batch_size=256)
+    table.rows.append(row("h2d_pinned_copy", 256 * table.payload / 1e6 / copy_mb_per_s, copy_mb_per_s, "MB/s",
+                          mb_per_s=copy_mb_per_s))
+    delivered = samples_per_s * table.payload / 1e6
+    return (f"loader to {torch.cuda.get_device_name()} at batch 256 = {delivered:.0f} MB/s "
+            f"= {delivered / copy_mb_per_s:.0%} of pinned copy_ ({copy_mb_per_s:.0f} MB/s)")
+
+
+def run(work: Path, bids_root: Path | None, repeats: int = 5, min_seconds: float = 0.3,
+        paper_samples: int = 4, png: Path | None = None, target: str = "slice",
+        peers: Path | None = None, peer_epochs: int = 4) -> tuple[list[dict], list[str]]:
+    """``bench loader``: our loader against plain webdataset, per-file MNE + nibabel, Zarr, S3 GETs."""
+    work.mkdir(parents=True, exist_ok=True)
+    root, shards = ensure_shards(work, bids_root, target)
+    index = read_index(shards)
+    table = Table(SampleLayout.from_index(index).payload_bytes)
+    train = [e for e in index.shards if e.split == "train"]
+    for e in train:  # page-cache the shards for every reader alike
+        (shards / e.name).read_bytes()
+    local_rows(table, root, shards, index, train, repeats, min_seconds, paper_samples)
+    s3_rows(table, shards, index, train, repeats, min_seconds)
+    zarr_path = export_zarr(shards, work / "loader-samples.zarr", progress=False, overwrite=True)
+    table.add("zarr_map", *rate(zarr_epoch(zarr_path, 32), repeats, min_seconds), batch_size=32)
+    memcpy = memcpy_mb_per_s(repeats)
+    table.rows.append(row("memcpy", 256 * 2**20 / 1e6 / memcpy, memcpy, "MB/s", mb_per_s=memcpy))
+    device_note = device_rows(table, shards, repeats, min_seconds)
+    rows = table.rows
+    notes = [*loader_notes(table, shards, index, sum(e.count for e in train), memcpy), device_note]
     if peers is not None:
         peer_rows, peer_notes = peer_comparison(peers, shards, work / "peers", peer_epochs)
         rows += peer_rows
