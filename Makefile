@@ -27,8 +27,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(TORCH_SPEC) $(PIP_PINS) -e .
 	touch $@
 
+# LitData (a loader peer, tests/test_peers.py) without its torchvision requirement: the test extra
+# holds the rest of what it needs (pyproject)
+LITDATA_SPEC ?= litdata==0.2.76
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(TORCH_SPEC) $(PIP_PINS) -e ".[test]"
+	$(BIN)/pip install --no-deps $(LITDATA_SPEC)
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

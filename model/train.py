@@ -372,6 +372,7 @@ def train(config: TrainConfig, progress: bool = True) -> str:
             log.append({"epoch_end": epoch, "step": step, "data_wait_fraction": wait / max(busy, 1e-9),
                         "lr": nets.opt_g.param_groups[0]["lr"], "seconds": busy})
         checkpoint()
+    loader.close()  # its worker processes (--workers) live across epochs, not beyond the run
     return out.url_of(CHECKPOINT)
 
 
