@@ -93,6 +93,7 @@ class Steps:
         self.path = out / "steps.json"
         fresh = {"steps": {}, "peak_bytes": 0}
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else fresh
+        self.running = "between steps"  # the step under way, named beside the disk peak
 
     def done(self, name: str) -> dict | None:
         return self.data["steps"].get(name)
@@ -122,6 +123,7 @@ class DiskPeak(threading.Thread):
             size = int(done.stdout.split()[0])
             if size > self.steps.data.get("peak_bytes", 0):
                 self.steps.data["peak_bytes"] = size
+                self.steps.data["peak_step"] = self.steps.running
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -153,7 +155,9 @@ class Study:
             before()
         self.log(f"study: {name}: {' '.join([Path(command[0]).name, *command[1:]])}")
         start = time.perf_counter()
+        self.steps.running = name
         proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        self.steps.running = f"after {name}"
         if proc.returncode != 0:
             raise RuntimeError(f"study: step {name} failed (exit {proc.returncode}): {' '.join(command)}")
         seconds = time.perf_counter() - start
@@ -348,6 +352,7 @@ class Study:
                   "bids_bytes": self.steps.data.get("bids_bytes"),
                   "hours": {size: self.c.hours(size) for size in self.c.sizes},
                   "steps": self.steps.data["steps"], "peak_bytes": self.steps.data.get("peak_bytes", 0),
+                  "peak_step": self.steps.data.get("peak_step"),
                   "invocations": self.steps.data.get("invocations", []),
                   "pruned": self.steps.data.get("pruned", []),
                   "curve": self.curve()}

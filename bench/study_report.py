@@ -114,8 +114,9 @@ def markdown(result: dict) -> str:
     runs = [r for r in result.get("invocations", []) if r.get("seconds")]
     wall = (f"; wall time of the {len(runs)} start(s) that ended here: "
             f"{sum(r['seconds'] for r in runs) / 60:.1f} min" if runs else "")
+    during = f", during {result['peak_step']}" if result.get("peak_step") else ""
     lines += ["## Cost", "", f"Wall time of the finished steps: {total / 60:.1f} min{wall}; peak disk of the "
-              f"study folder: {result['peak_bytes'] / 1e9:.1f} GB (sampled every 20 s).", "",
+              f"study folder: {result['peak_bytes'] / 1e9:.1f} GB{during} (sampled every 20 s).", "",
               "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in steps.items()]
     return "\n".join(lines) + "\n"

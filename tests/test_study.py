@@ -109,6 +109,8 @@ def test_study_writes_a_learning_curve_prunes_and_resumes_after_a_kill(tmp_path:
     assert (out / "learning_curve.png").stat().st_size > 10_000
     assert "## slice targets" in (out / "study.md").read_text()
     assert study["peak_bytes"] > 0 and all(s["seconds"] > 0 for s in study["steps"].values())
+    assert study["peak_step"].removeprefix("after ") in study["steps"]  # the step under way at the peak
+    assert f"during {study['peak_step']}" in (out / "study.md").read_text()
 
 
 def test_evaluate_refuses_an_roi_of_another_target(tmp_path: Path, ingested: Path):
