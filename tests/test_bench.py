@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from meg2fmri.bench import cli as bench_cli
 
 
@@ -44,17 +46,31 @@ def test_bench_ingest_json(tiny_root: Path, tmp_path: Path):
     """Local and S3 rows side by side, a short 'long run' and a small float BOLD run."""
     out, stdout = run_bench("ingest", tiny_root, tmp_path, "--subjects", "01", "--source", "s3",
                             "--long-seconds", "20", "--float-volumes", "4")
-    names = ["decode_floor", "ingest_1worker", "write_floor", "ingest_all", "decode_floor_s3",
-             "fif_s3_memory", "fif_s3_tempfile", "ingest_1worker_s3", "ingest_1worker_s3_to_s3",
-             "long_run_1worker", "float_bold"]
+    names = ["decode_floor", "ingest_1worker", "write_floor", "write_floor_committed", "ingest_all",
+             "decode_floor_s3", "fif_s3_memory", "fif_s3_tempfile", "ingest_1worker_s3",
+             "ingest_1worker_s3_to_s3", "long_run_1worker", "float_bold"]
     rows = check_shape(out, names)
-    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[7]["runs"] == 3
+    assert rows[1]["runs"] == 3 and rows[1]["peak_task_mb"] > 0 and rows[8]["runs"] == 3
     ingested = tmp_path / "work" / "ingest-1"  # the floor writes exactly what ingest wrote
     assert rows[2]["output_files"] == sum(1 for p in ingested.rglob("*") if p.is_file())
     written = sum(p.stat().st_size for p in ingested.rglob("*") if p.is_file())
     assert abs(rows[2]["output_mb"] * 1e6 - written) <= 1e-6 * written
     assert 0 < rows[-1]["peak_vs_decoded"] < 10
     assert "ingest (1 worker) / (decode floor + write floor)" in stdout and "projection, ds004078" in stdout
+    assert "write floor as ingest commits" in stdout
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_write_floor_writes_exactly_the_given_files(tmp_path: Path, committed: bool):
+    """The floor's files are the given bytes under the given names; committed leaves no temporaries."""
+    from meg2fmri.bench.ingest_bench import write_floor
+
+    files = {"cache.zarr/sub-01_run-1/meg/c/0/0": b"\x01" * 100, "shards/train-000000.tar": b"tar" * 50,
+             "index.json": b"{}"}
+    write_floor(files, tmp_path / "floor", committed=committed)
+    found = {p.relative_to(tmp_path / "floor").as_posix(): p.read_bytes()
+             for p in (tmp_path / "floor").rglob("*") if p.is_file()}
+    assert found == files
 
 
 def test_bench_train_json(tiny_root: Path, tmp_path: Path):
