@@ -22,7 +22,6 @@ import json
 import numpy as np
 
 from meg2fmri.shards.commit import Location
-from meg2fmri.shards.errors import InputError
 
 CHECKPOINT = "checkpoint.pt"
 LOG_DIR = "log"
@@ -80,28 +79,6 @@ def checkpoint_of(model: str, storage_options: dict | None = None) -> tuple[Loca
         parent, _, name = text.rpartition("/")
         return location(parent or ".", storage_options), name
     return location(text, storage_options), CHECKPOINT
-
-
-def load_checkpoint_file(model: str, storage_options: dict | None = None, option: str = "--model",
-                         digest: list | None = None) -> dict:
-    """The state dict saved by ``train`` (local or ``s3://``), or an ``InputError`` naming ``option``;
-    the file's sha256 is appended to ``digest`` when one is given."""
-    import hashlib
-
-    import torch
-
-    folder, name = checkpoint_of(model, storage_options)
-    try:
-        data = folder.read_bytes(name)
-    except FileNotFoundError:
-        raise InputError(f"{option} {model}: no {CHECKPOINT} there; pass a `train --out` folder") from None
-    if digest is not None:
-        digest.append(hashlib.sha256(data).hexdigest())
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as err:  # a file that is not a torch checkpoint
-        raise InputError(f"{option} {folder.url_of(name)}: not a meg2fmri checkpoint ({type(err).__name__}: "
-                         f"{err})") from None
 
 
 def write_log_part(out: Location, step: int, records: list[dict]) -> None:
